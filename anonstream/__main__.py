@@ -1,0 +1,3 @@
+from anonstream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,373 @@
+"""The ``anonstream`` command: ``run`` composes every role on one host; each role also runs alone."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from anonstream import __version__
+from anonstream.config import Settings, default_config_text, load_settings, parse_assignment
+from anonstream.errors import AnonstreamError, ConfigError, RecorderError
+from anonstream.process import Channel, Failed, Stage, run_stage
+
+log = logging.getLogger("anonstream")
+
+EXAMPLES = """\
+examples:
+  anonstream run --source street.mp4 --record out/
+  anonstream run --source photos/ --record out/ --mask solid
+  anonstream run --source rtsp://cam.local/1 --source 0 --record out/ --device cuda --workers 4
+  anonstream demo
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _config_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("configuration (each flag overrides the config key named)")
+    g.add_argument("--config", type=Path, metavar="FILE", help="TOML config file (see `anonstream config`)")
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config key, e.g. --set sequencer.loss_timeout_s=10 (repeatable)",
+    )
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar")
+
+
+def _detector_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("detection and masking")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda", "tensorrt"], help="detector.device (default auto)")
+    g.add_argument("--model", type=Path, metavar="FILE", help="detector.model: a CenterFace-compatible ONNX file")
+    g.add_argument("--threshold", type=float, help="detector.threshold: minimum face score (default 0.2)")
+    g.add_argument(
+        "--max-side",
+        type=int,
+        metavar="PX",
+        help="detector.max_side: detector input's longest side, multiple of 32; 0 = native",
+    )
+    g.add_argument("--mask", choices=["blur", "pixelate", "solid"], help="mask.mode (default blur)")
+    g.add_argument("--mask-shape", choices=["box", "ellipse"], help="mask.shape (default box)")
+    g.add_argument("--mask-scale", type=float, metavar="F", help="mask.scale: grow boxes by F (default 1.3)")
+
+
+FLAG_KEYS = {
+    "workers": "worker.count",
+    "device": "detector.device",
+    "model": "detector.model",
+    "threshold": "detector.threshold",
+    "max_side": "detector.max_side",
+    "mask": "mask.mode",
+    "mask_shape": "mask.shape",
+    "mask_scale": "mask.scale",
+    "record": "record.dir",
+    "record_format": "record.format",
+    "metrics_jsonl": "metrics.jsonl",
+    "realtime": "capture.realtime",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="anonstream",
+        description="Real-time face anonymizer for live camera feeds. Raw "
+        "frames never reach a recorder: every frame is detected and masked, or masked whole.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"anonstream {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser(
+        "run",
+        help="anonymize sources into recordings, all stages on this machine",
+        description="Start capture, detection workers, sequencer and recorders on this "
+        "machine, anonymize every --source into --record, print per-stream metrics.",
+    )
+    run.add_argument(
+        "--source",
+        action="append",
+        metavar="SRC",
+        help="video file, image folder, webcam (0, /dev/video0) or rtsp:// URL; repeat for more streams (sources)",
+    )
+    run.add_argument(
+        "--record",
+        type=Path,
+        metavar="DIR",
+        help="record.dir: output folder; a video becomes DIR/<stream>.mp4, a folder DIR/<stream>/",
+    )
+    run.add_argument(
+        "--record-format",
+        choices=["auto", "mp4", "images", "null"],
+        help="record.format (null: discard output, for benchmarks)",
+    )
+    run.add_argument("--workers", type=int, metavar="N", help="worker.count: detection processes (default 2)")
+    run.add_argument(
+        "--realtime",
+        action="store_true",
+        default=None,
+        help="capture.realtime: pace files at their frame rate and drop frames the workers "
+        "cannot take, as a live camera does",
+    )
+    run.add_argument(
+        "--metrics-jsonl",
+        type=Path,
+        metavar="FILE",
+        help="metrics.jsonl: write one JSON record per frame with every stage's timestamp",
+    )
+    _detector_flags(run)
+    _config_flags(run)
+
+    capture = sub.add_parser(
+        "capture",
+        help="run one capture process: read a source, publish frames",
+        description="Read one source and publish its frames on a ZeroMQ endpoint for "
+        "`anonstream worker` processes to pull.",
+    )
+    capture.add_argument("--source", action="append", metavar="SRC", help="the source (sources)")
+    capture.add_argument("--bind", metavar="ENDPOINT", help="capture.bind, e.g. tcp://*:5555")
+    capture.add_argument("--realtime", action="store_true", default=None, help="capture.realtime")
+    _config_flags(capture)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run one detection worker between captures and a recorder",
+        description="Pull raw frames from capture endpoints, mask every face, push "
+        "anonymized frames to the record endpoint.",
+    )
+    worker.add_argument(
+        "--input",
+        action="append",
+        metavar="ENDPOINT",
+        help="worker.inputs: a capture endpoint, e.g. tcp://camhost:5555 (repeatable)",
+    )
+    worker.add_argument("--output", metavar="ENDPOINT", help="worker.output, e.g. tcp://recorder:5600")
+    worker.add_argument("--number", type=int, default=1, help="number shown in the process title")
+    _detector_flags(worker)
+    _config_flags(worker)
+
+    record = sub.add_parser(
+        "record",
+        help="run the sequencer and recorders",
+        description="Receive anonymized frames from workers, restore each stream's "
+        "order and record it. Stops on Ctrl-C, or when every --expect stream has ended.",
+    )
+    record.add_argument("--bind", metavar="ENDPOINT", help="record.bind, e.g. tcp://*:5600")
+    record.add_argument("--record", type=Path, metavar="DIR", help="record.dir: output folder")
+    record.add_argument("--record-format", choices=["auto", "mp4", "images", "null"], help="record.format")
+    record.add_argument(
+        "--expect", action="append", default=[], metavar="STREAM", help="exit once this stream has ended (repeatable)"
+    )
+    record.add_argument("--metrics-jsonl", type=Path, metavar="FILE", help="metrics.jsonl")
+    _config_flags(record)
+
+    demo = sub.add_parser(
+        "demo",
+        help="anonymize a bundled example clip of a real face",
+        description="Make a short clip of scikit-image's astronaut photo moving across "
+        "the frame, anonymize it, and say where input and output are.",
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("anonstream-demo"),
+        metavar="DIR",
+        help="folder for the example and its anonymized copy (default ./anonstream-demo)",
+    )
+    _detector_flags(demo)
+    _config_flags(demo)
+
+    sub.add_parser("config", help="print the documented default configuration file")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[dict[str, Any]]:
+    overrides: list[dict[str, Any]] = []
+    for dest, key in FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            section, name = key.split(".")
+            overrides.append({section: {name: str(value) if isinstance(value, Path) else value}})
+    if getattr(args, "source", None):
+        overrides.append({"sources": [{"uri": uri} for uri in args.source]})
+    if getattr(args, "bind", None):
+        section = "capture" if args.command == "capture" else "record"
+        overrides.append({section: {"bind": args.bind}})
+    if getattr(args, "input", None):
+        overrides.append({"worker": {"inputs": args.input}})
+    if getattr(args, "output", None):
+        overrides.append({"worker": {"output": args.output}})
+    overrides += [parse_assignment(text) for text in args.set]
+    return overrides
+
+
+def _console_logging(console: Console, args: argparse.Namespace) -> int:
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO
+    handler = RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False, log_time_format="[%X]")
+    handler.setFormatter(logging.Formatter("%(processName)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    return level
+
+
+def _on_stop_signals(callback: Any) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: callback())
+
+
+def _preflight(settings: Settings) -> None:
+    """Catch what a user can get wrong before any process starts."""
+    from anonstream.stream.sources import classify, open_source, stream_ids
+    from anonstream.workers.runtime import default_model_path
+
+    if not settings.sources:
+        raise ConfigError("no source given: add --source FILE|FOLDER|WEBCAM|URL")
+    ids = stream_ids(settings.sources)
+    for spec, sid in zip(settings.sources, ids, strict=True):
+        if classify(spec.uri) in ("file", "folder"):
+            open_source(spec, sid, settings.capture).close()
+    if settings.record.dir is None and settings.record.format != "null":
+        raise ConfigError("no output given: add --record DIR (or --record-format null to discard)")
+    if settings.record.dir is not None:
+        try:
+            settings.record.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecorderError(f"cannot create output folder {settings.record.dir}: {exc.strerror}") from None
+        if not os.access(settings.record.dir, os.W_OK):
+            raise RecorderError(f"output folder {settings.record.dir} is not writable")
+    model = settings.detector.model or default_model_path()
+    if not model.is_file():
+        raise ConfigError(f"model file {model} does not exist")
+    jsonl = settings.metrics.jsonl
+    if jsonl is not None and not jsonl.parent.is_dir():
+        raise ConfigError(f"folder for --metrics-jsonl {jsonl} does not exist")
+
+
+def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool) -> int:
+    from anonstream.orchestrator import Pipeline
+    from anonstream.report import render
+    from anonstream.stream.sources import stream_ids
+
+    _preflight(settings)
+    ctx = multiprocessing.get_context("spawn")
+    log_queue: Any = ctx.Queue()
+    listener = logging.handlers.QueueListener(log_queue, *logging.getLogger().handlers, respect_handler_level=True)
+    listener.start()
+    pipeline = Pipeline(settings, log_queue, level)
+    _on_stop_signals(pipeline.request_stop)
+    ids = stream_ids(settings.sources)
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=quiet,
+        ) as bar:
+            tasks = [bar.add_task(sid, total=None) for sid in ids]
+
+            def show(counts: list[int]) -> None:
+                for task, count in zip(tasks, counts, strict=True):
+                    bar.update(task, completed=count)
+
+            result = pipeline.run(show)
+    finally:
+        listener.stop()
+    render(Console(), result)
+    for failure in result.failures:
+        console.print(f"[red]{failure.title}: {failure.message}[/red]")
+    if result.summary and any(s.refused for s in result.summary.streams):
+        return 1
+    return 1 if any(f.title == "record" for f in result.failures) else 0
+
+
+def _run_role(stage: Stage) -> int:
+    setproctitle_role(stage.title)
+    stop = threading.Event()
+    _on_stop_signals(stop.set)
+    channel = Channel(stage.title)
+    code = run_stage(stage, stop, channel)
+    for event in channel.events:
+        if isinstance(event, Failed):
+            raise AnonstreamError(event.message)
+    return code
+
+
+def setproctitle_role(title: str) -> None:
+    from setproctitle import setproctitle
+
+    setproctitle(f"anonstream: {title}")
+
+
+def _demo(args: argparse.Namespace, overrides: list[dict[str, Any]], console: Console, level: int) -> int:
+    from anonstream.demo import AstronautClip
+
+    clip = AstronautClip(frames=90)
+    source = clip.write(args.out / "astronaut.mp4")
+    console.print(f"example clip: {source} ({clip.frames} frames, {clip.width}x{clip.height})")
+    output = args.out / "anonymized"
+    overrides = [{"sources": [{"uri": str(source)}], "record": {"dir": str(output)}}, *overrides]
+    settings = load_settings(args.config, overrides)
+    code = _run_pipeline(settings, console, level, args.quiet)
+    console.print(f"anonymized: {output / 'astronaut.mp4'}")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    if args.command == "config":
+        sys.stdout.write(default_config_text())
+        return 0
+    level = _console_logging(console, args)
+    try:
+        overrides = _overrides(args)
+        if args.command == "demo":
+            return _demo(args, overrides, console, level)
+        settings = load_settings(args.config, overrides)
+        if args.command == "run":
+            return _run_pipeline(settings, console, level, args.quiet)
+        if args.command == "capture":
+            from anonstream.stream.capture import CaptureStage
+            from anonstream.stream.sources import stream_ids
+
+            if len(settings.sources) != 1:
+                raise ConfigError("anonstream capture takes exactly one --source")
+            sid = stream_ids(settings.sources)[0]
+            return _run_role(CaptureStage(settings.sources[0], sid, settings.capture.bind, settings))
+        if args.command == "worker":
+            from anonstream.workers.worker import WorkerStage
+
+            return _run_role(WorkerStage(args.number, tuple(settings.worker.inputs), settings.worker.output, settings))
+        from anonstream.stream.record import RecordStage
+
+        return _run_role(RecordStage(settings.record.bind, settings, tuple(args.expect)))
+    except AnonstreamError as exc:
+        console.print(f"[red]anonstream: error:[/red] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

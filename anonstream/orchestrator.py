@@ -1,0 +1,246 @@
+"""``anonstream run``: every stage on one host, started in order, stopped in reverse.
+
+Start order is downstream first (record, workers, captures) so that no frame
+is ever sent before something can anonymize and keep it. Stop order is the
+reverse: captures stop and send end-of-stream, the record process drains
+what is in flight and finalizes its files, then workers and record are
+stopped. A watchdog restarts dead workers, rate-limited; frames a dead worker
+held are counted lost by the sequencer, never forwarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from anonstream.config import Settings
+from anonstream.errors import StageError
+from anonstream.process import STOP_SIGNALS, Failed, Finished, Ready, Stage, StageEvent, StageProcess
+from anonstream.stream.capture import CaptureStage
+from anonstream.stream.metrics import RunSummary
+from anonstream.stream.record import RecordStage
+from anonstream.stream.sources import stream_ids
+from anonstream.workers.worker import WorkerStage
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.sharedctypes import SynchronizedArray
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.1
+STOP_TIMEOUT_S = 10.0
+READY_TIMEOUT_S = {"record": 30.0, "worker": 300.0, "capture": 60.0}
+
+
+@dataclass
+class _Running:
+    stage: Stage
+    process: StageProcess
+    conn: Connection
+    events: list[StageEvent] = field(default_factory=list)
+
+    def poll(self) -> list[StageEvent]:
+        fresh: list[StageEvent] = []
+        try:
+            while self.conn.poll():
+                fresh.append(self.conn.recv())
+        except (EOFError, OSError):
+            pass
+        self.events += fresh
+        return fresh
+
+    @property
+    def failure(self) -> Failed | None:
+        return next((e for e in self.events if isinstance(e, Failed)), None)
+
+    @property
+    def finished(self) -> Finished | None:
+        return next((e for e in self.events if isinstance(e, Finished)), None)
+
+
+@dataclass
+class PipelineResult:
+    summary: RunSummary | None
+    reports: list[Finished]
+    failures: list[Failed]
+    worker_restarts: int
+    interrupted: bool
+
+
+def runtime_base() -> str | None:
+    """Where the private runtime folder goes: $XDG_RUNTIME_DIR if usable, else the system temp dir."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return base if base and os.path.isdir(base) and os.access(base, os.W_OK) else None
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, log_queue: Queue[logging.LogRecord], log_level: int = logging.INFO) -> None:
+        self.settings = settings
+        self._ctx = multiprocessing.get_context("spawn")
+        self._log_queue = log_queue
+        self._log_level = log_level
+        self._stop_requests = 0
+        self._running: list[_Running] = []
+        self._restarts: deque[float] = deque()
+        self.worker_restarts = 0
+
+    def request_stop(self) -> None:
+        """First call: stop capturing and drain. Second: stop everything now."""
+        self._stop_requests += 1
+
+    def _start(self, stage: Stage) -> _Running:
+        parent, child = self._ctx.Pipe(duplex=False)
+        process = StageProcess(stage, child, self._log_queue, self._log_level)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        child.close()
+        running = _Running(stage, process, parent)
+        self._running.append(running)
+        return running
+
+    def _await_ready(self, stages: list[_Running]) -> list[Ready]:
+        deadline = time.monotonic() + max(READY_TIMEOUT_S[s.stage.role] for s in stages)
+        while True:
+            ready: list[Ready] = []
+            for running in stages:
+                running.poll()
+                if (failure := running.failure) is not None:
+                    raise StageError(failure.message)
+                if (found := next((e for e in running.events if isinstance(e, Ready)), None)) is not None:
+                    ready.append(found)
+                elif not running.process.is_alive():
+                    raise StageError(
+                        f"{running.stage.title} exited during start-up (exit status {running.process.exitcode})"
+                    )
+            if len(ready) == len(stages):
+                return ready
+            if self._stop_requests:
+                raise KeyboardInterrupt
+            if time.monotonic() > deadline:
+                role = stages[0].stage.role
+                raise StageError(f"{role} did not start within {READY_TIMEOUT_S[role]:.0f} s")
+            time.sleep(TICK_S / 2)
+
+    def run(self, on_progress: Callable[[list[int]], None] | None = None) -> PipelineResult:
+        cfg = self.settings
+        ids = stream_ids(cfg.sources)
+        rundir = Path(tempfile.mkdtemp(prefix="anonstream-", dir=runtime_base()))
+        record_endpoint = f"ipc://{rundir}/record"
+        capture_endpoints = tuple(f"ipc://{rundir}/capture-{i}" for i in range(len(ids)))
+        progress = self._ctx.Array("q", len(ids))
+        interrupted = False
+        try:
+            record = self._start(RecordStage(record_endpoint, cfg, tuple(ids), progress))
+            self._await_ready([record])
+            workers = [
+                self._start(WorkerStage(n, capture_endpoints, record_endpoint, cfg))
+                for n in range(1, cfg.worker.count + 1)
+            ]
+            details = sorted({r.detail for r in self._await_ready(workers)})
+            log.info("%d worker(s) ready: %s", len(workers), "; ".join(details))
+            captures = [
+                self._start(CaptureStage(spec, sid, endpoint, cfg))
+                for spec, sid, endpoint in zip(cfg.sources, ids, capture_endpoints, strict=True)
+            ]
+            for ready in self._await_ready(captures):
+                log.info("%s: %s", ready.title, ready.detail)
+            interrupted = self._supervise(record, workers, captures, progress, on_progress)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self._stop_all()
+            shutil.rmtree(rundir, ignore_errors=True)
+        if on_progress is not None:
+            on_progress(progress[:])
+        reports = [r.finished for r in self._running if r.finished is not None]
+        failures = [r.failure for r in self._running if r.failure is not None]
+        summary = next((f.summary for f in reports if f.summary is not None), None)
+        return PipelineResult(summary, reports, failures, self.worker_restarts, interrupted)
+
+    def _supervise(
+        self,
+        record: _Running,
+        workers: list[_Running],
+        captures: list[_Running],
+        progress: SynchronizedArray[int],
+        on_progress: Callable[[list[int]], None] | None,
+    ) -> bool:
+        cfg = self.settings
+        drain_deadline: float | None = None
+        stopping_captures = False
+        while True:
+            for running in self._running:
+                running.poll()
+            if (failure := record.failure) is not None:
+                raise StageError(failure.message)
+            if not record.process.is_alive():
+                return self._stop_requests > 0
+            if self._stop_requests > 1:
+                return True
+            if self._stop_requests and not stopping_captures:
+                stopping_captures = True
+                log.info("stopping: capture ends, frames in flight are drained (Ctrl-C again to stop now)")
+                for capture in captures:
+                    capture.process.terminate()
+            for index, worker in enumerate(workers):
+                if not worker.process.is_alive():
+                    workers[index] = self._restart(worker)
+            if drain_deadline is None and not any(c.process.is_alive() for c in captures):
+                drain_deadline = time.monotonic() + cfg.record.drain_timeout_s
+            if drain_deadline is not None and time.monotonic() > drain_deadline:
+                log.warning(
+                    "frames still missing %.0f s after the sources ended; finalizing without them",
+                    cfg.record.drain_timeout_s,
+                )
+                return self._stop_requests > 0
+            if on_progress is not None:
+                on_progress(progress[:])
+            time.sleep(TICK_S)
+
+    def _restart(self, worker: _Running) -> _Running:
+        now = time.monotonic()
+        window = self.settings.worker.restart_window_s
+        while self._restarts and now - self._restarts[0] > window:
+            self._restarts.popleft()
+        reason = worker.failure.message if worker.failure else f"exit status {worker.process.exitcode}"
+        if len(self._restarts) >= self.settings.worker.max_restarts:
+            raise StageError(
+                f"{worker.stage.title} died ({reason}) and workers were already restarted "
+                f"{len(self._restarts)} times in {window:.0f} s; giving up"
+            )
+        self._restarts.append(now)
+        self.worker_restarts += 1
+        log.error("%s died (%s); restarting it; frames it held are counted lost", worker.stage.title, reason)
+        self._running.remove(worker)
+        worker.conn.close()
+        return self._start(worker.stage)
+
+    def _stop_all(self) -> None:
+        """Stop in reverse start order: captures, workers, then the record process finalizes."""
+        for role in ("capture", "worker", "record"):
+            group = [r for r in self._running if r.stage.role == role]
+            for running in group:
+                if running.process.is_alive():
+                    running.process.terminate()
+            for running in group:
+                running.process.join(STOP_TIMEOUT_S)
+                if running.process.is_alive():
+                    log.error("%s did not stop in %.0f s; killed", running.stage.title, STOP_TIMEOUT_S)
+                    running.process.kill()
+                    running.process.join()
+                running.poll()

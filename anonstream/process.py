@@ -1,0 +1,143 @@
+"""The base of every pipeline process, and the typed messages it sends home.
+
+A stage (capture, worker, record) is a picklable object with a ``serve``
+method. ``StageProcess`` runs it in a child process after the per-process
+setup every stage needs: a process title an operator can read in ``ps``,
+SIGTERM as the one stop request (Ctrl-C is the orchestrator's to coordinate),
+death with the parent, and logging routed to the parent's console. The CLI's
+single-role commands call ``serve`` directly, with Ctrl-C handled like SIGTERM.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Protocol
+
+from setproctitle import setproctitle
+
+from anonstream.errors import AnonstreamError
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+
+    from anonstream.stream.metrics import RunSummary
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    title: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    title: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    title: str
+    counters: dict[str, int] = field(default_factory=dict)
+    summary: RunSummary | None = None
+
+
+StageEvent = Ready | Failed | Finished
+
+
+class Channel:
+    """The stage's line to whoever started it; a no-op when run from the CLI directly."""
+
+    def __init__(self, title: str, conn: Connection | None = None) -> None:
+        self.title = title
+        self._conn = conn
+        self.events: list[StageEvent] = []
+
+    def send(self, event: StageEvent) -> None:
+        self.events.append(event)
+        if self._conn is not None:
+            try:
+                self._conn.send(event)
+            except (BrokenPipeError, OSError):
+                log.debug("%s: parent no longer listening", self.title)
+
+    def ready(self, detail: str = "") -> None:
+        self.send(Ready(self.title, detail))
+
+
+class Stage(Protocol):
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def title(self) -> str: ...
+
+    def serve(self, stop: threading.Event, channel: Channel) -> None: ...
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM if the orchestrator dies, so no stage is orphaned."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+
+
+def run_stage(stage: Stage, stop: threading.Event, channel: Channel) -> int:
+    """Serve a stage to completion; the exit status says how it ended."""
+    try:
+        stage.serve(stop, channel)
+    except AnonstreamError as exc:
+        channel.send(Failed(stage.title, str(exc)))
+        return 2
+    except Exception as exc:
+        log.exception("%s crashed", stage.title)
+        channel.send(Failed(stage.title, f"crashed: {type(exc).__name__}: {exc}"))
+        return 1
+    return 0
+
+
+class StageProcess(multiprocessing.context.SpawnProcess):
+    """One stage in its own process; see the module docstring."""
+
+    def __init__(self, stage: Stage, conn: Connection, log_queue: Queue[logging.LogRecord], log_level: int) -> None:
+        super().__init__(name=stage.title, daemon=False)
+        self.stage = stage
+        self._conn = conn
+        self._log_queue = log_queue
+        self._log_level = log_level
+
+    def run(self) -> None:
+        setproctitle(f"anonstream: {self.stage.title}")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent()
+        # The orchestrator blocked these around start(); pending ones now reach the handlers above.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        if os.getppid() == 1:
+            stop.set()
+        root = logging.getLogger()
+        root.handlers[:] = [logging.handlers.QueueHandler(self._log_queue)]
+        root.setLevel(self._log_level)
+        channel = Channel(self.stage.title, self._conn)
+        code = 0
+        try:
+            code = run_stage(self.stage, stop, channel)
+        finally:
+            self._conn.close()
+        raise SystemExit(code)

@@ -1,0 +1,56 @@
+"""What ``anonstream run`` prints at the end: one table per stream."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from anonstream.orchestrator import PipelineResult
+from anonstream.stream.metrics import INTERVALS, StreamSummary
+
+
+def _stream_table(s: StreamSummary) -> Table:
+    table = Table(title=f"stream {s.stream}", title_justify="left", show_edge=False)
+    table.add_column("stage")
+    for p in ("p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(p, justify="right")
+    for label, _, _ in INTERVALS:
+        if label in s.latency_ms:
+            p50, p95, p99 = s.latency_ms[label]
+            style = "bold" if label == "end to end" else None
+            table.add_row(label, f"{p50:.1f}", f"{p95:.1f}", f"{p99:.1f}", style=style)
+    return table
+
+
+def render(console: Console, result: PipelineResult) -> None:
+    if result.summary is None:
+        console.print("[red]no summary: the record process did not report[/red]")
+        return
+    counts = Table(title="frames", title_justify="left", show_edge=False)
+    for column in ("stream", "in", "out", "dropped", "lost", "skipped", "refused", "full mask", "fps"):
+        counts.add_column(column, justify="left" if column == "stream" else "right")
+    for s in result.summary.streams:
+        counts.add_row(
+            s.stream,
+            str(s.frames_in),
+            str(s.frames_out),
+            str(s.dropped),
+            str(s.lost),
+            str(s.skipped),
+            str(s.refused),
+            str(s.full_masked),
+            f"{s.fps:.1f}",
+        )
+    console.print(counts)
+    for s in result.summary.streams:
+        console.print()
+        console.print(_stream_table(s))
+    extra: dict[str, int] = {}
+    for report in result.reports:
+        for key in ("rejected", "full_masked", "unmaskable", "late"):
+            extra[key] = extra.get(key, 0) + report.counters.get(key, 0)
+    notes = [f"{v} {k.replace('_', ' ')}" for k, v in extra.items() if v]
+    if result.worker_restarts:
+        notes.append(f"{result.worker_restarts} worker restart(s)")
+    if notes:
+        console.print("\n[yellow]" + ", ".join(notes) + "[/yellow]")

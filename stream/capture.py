@@ -1,0 +1,123 @@
+"""The capture stage: one process per source, stamping and publishing frames.
+
+Files and folders are sent with back-pressure (nothing dropped) unless
+``realtime`` is set; live sources and ``realtime`` never wait for the
+workers: a frame that cannot be queued is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from anonstream.config import Settings, SourceSpec
+from anonstream.errors import SourceError
+from anonstream.process import Channel, Finished
+from anonstream.stream.sources import SourceInfo, open_source
+from anonstream.stream.transport import FrameSender
+from anonstream.stream.wire import EndOfStream, FrameHeader, FrameMessage, Stage, pixel_layout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptureStage:
+    spec: SourceSpec
+    stream_id: str
+    endpoint: str
+    settings: Settings
+    role: str = "capture"
+
+    @property
+    def title(self) -> str:
+        return f"capture {self.stream_id}"
+
+    def serve(self, stop: threading.Event, channel: Channel) -> None:
+        cfg = self.settings
+        with (
+            open_source(self.spec, self.stream_id, cfg.capture) as source,
+            FrameSender(cfg.transport.frame_hwm, cfg.transport.linger_ms).bind(self.endpoint) as sender,
+        ):
+            info = source.info
+            live = info.live or cfg.capture.realtime
+            channel.ready(_describe(info, live))
+            seq = dropped = 0
+            reason = "eof"
+            started: float | None = None
+            first_pts = 0
+            failure: SourceError | None = None
+            frames = source.frames()
+            while True:
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                except SourceError as exc:
+                    failure, reason = exc, f"error: {exc}"
+                    break
+                captured = time.time_ns()
+                if stop.is_set():
+                    reason = "stopped"
+                    break
+                if cfg.capture.realtime and not info.live:
+                    # Pace a file like a camera: frame k is due at its own presentation time.
+                    if started is None:
+                        started, first_pts = time.monotonic(), frame.pts
+                    due = started + float((frame.pts - first_pts) * info.time_base)
+                    if (wait := due - time.monotonic()) > 0 and stop.wait(wait):
+                        reason = "stopped"
+                        break
+                    captured = time.time_ns()
+                header = FrameHeader(
+                    stream=self.stream_id,
+                    seq=seq,
+                    index=frame.index,
+                    pts=frame.pts,
+                    time_base=(info.time_base.numerator, info.time_base.denominator),
+                    rate=(info.rate.numerator, info.rate.denominator),
+                    shape=tuple(frame.pixels.shape),
+                    dtype=str(frame.pixels.dtype),
+                    pixfmt=pixel_layout(frame.pixels),
+                    name=frame.name,
+                    dropped=dropped,
+                )
+                header.stamp(Stage.CAPTURED, captured)
+                header.stamp(Stage.SENT)
+                if sender.send(FrameMessage(header, frame.pixels), stop, block=not live):
+                    seq += 1
+                elif stop.is_set():
+                    reason = "stopped"
+                    break
+                else:
+                    dropped += 1
+            end = EndOfStream(self.stream_id, frames=seq, dropped=dropped, skipped=source.skipped, reason=reason)
+            if not sender.send(end, _deadline(cfg.transport.linger_ms)):
+                log.warning("%s: end of stream could not be delivered", self.stream_id)
+            log.info(
+                "%s: %s after %d frames sent, %d dropped, %d undecodable",
+                self.stream_id,
+                reason,
+                seq,
+                dropped,
+                source.skipped,
+            )
+            if failure is not None:
+                raise failure
+            channel.send(Finished(self.title, {"sent": seq, "dropped": dropped, "skipped": source.skipped}))
+
+
+def _deadline(ms: int) -> threading.Event:
+    """An event that sets itself after ``ms`` milliseconds: a bound on a final blocking send."""
+    event = threading.Event()
+    timer = threading.Timer(ms / 1000, event.set)
+    timer.daemon = True
+    timer.start()
+    return event
+
+
+def _describe(info: SourceInfo, live: bool) -> str:
+    total = f"{info.frames} frames" if info.frames else "length unknown"
+    mode = "live, drops when behind" if live else "lossless"
+    return f"{info.kind} {info.uri} at {float(info.rate):.2f} fps, {total}, {mode}"

@@ -1,0 +1,140 @@
+"""Per-frame latency metrics: every stage's timestamp, per-stream counts, percentiles.
+
+Each frame carries one wall-clock timestamp per Stage (see wire.py). The record
+process feeds every released frame here; at exit the summary gives frames
+in / out / dropped / lost and p50 / p95 / p99 per stage and end to end.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import numpy as np
+
+from anonstream.stream.sequencer import Lost
+from anonstream.stream.wire import EndOfStream, Flag, FrameHeader, Stage
+
+# (label, from stage, to stage), in pipeline order
+INTERVALS: tuple[tuple[str, Stage, Stage], ...] = (
+    ("capture → send", Stage.CAPTURED, Stage.SENT),
+    ("queue → worker", Stage.SENT, Stage.RECEIVED),
+    ("pre-process wait", Stage.RECEIVED, Stage.INFER_START),
+    ("detect", Stage.INFER_START, Stage.INFER_END),
+    ("mask", Stage.INFER_END, Stage.MASKED),
+    ("→ sequencer", Stage.MASKED, Stage.SEQUENCED),
+    ("record", Stage.SEQUENCED, Stage.RECORDED),
+    ("end to end", Stage.CAPTURED, Stage.RECORDED),
+)
+PERCENTILES = (50, 95, 99)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSummary:
+    stream: str
+    frames_in: int
+    frames_out: int
+    dropped: int
+    lost: int
+    skipped: int
+    refused: int
+    full_masked: int
+    fps: float
+    # label -> (p50, p95, p99) in milliseconds
+    latency_ms: dict[str, tuple[float, float, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    streams: list[StreamSummary]
+
+
+@dataclass
+class StreamMetrics:
+    stream: str
+    stamps: list[list[int]] = field(default_factory=list)
+    lost: int = 0
+    refused: int = 0
+    full_masked: int = 0
+    dropped: int = 0
+    end: EndOfStream | None = None
+    highest_seq: int = -1
+
+    def frame(self, header: FrameHeader) -> None:
+        self.stamps.append(list(header.stamps))
+        self.dropped = max(self.dropped, header.dropped)
+        self.highest_seq = max(self.highest_seq, header.seq)
+        if header.flags & Flag.FULL_MASK:
+            self.full_masked += 1
+
+    def summary(self) -> StreamSummary:
+        sent = self.end.frames if self.end else self.highest_seq + 1
+        dropped = self.end.dropped if self.end else self.dropped
+        latency: dict[str, tuple[float, float, float]] = {}
+        fps = 0.0
+        if self.stamps:
+            table = np.asarray(self.stamps, dtype=np.int64)
+            for label, start, stop in INTERVALS:
+                valid = (table[:, start] > 0) & (table[:, stop] > 0)
+                if valid.any():
+                    spans = (table[valid, stop] - table[valid, start]) / 1e6
+                    p50, p95, p99 = np.percentile(spans, PERCENTILES)
+                    latency[label] = (float(p50), float(p95), float(p99))
+            wall = (table[:, Stage.RECORDED].max() - table[:, Stage.CAPTURED].min()) / 1e9
+            fps = len(table) / wall if wall > 0 else 0.0
+        return StreamSummary(
+            stream=self.stream,
+            frames_in=sent + dropped,
+            frames_out=len(self.stamps),
+            dropped=dropped,
+            lost=self.lost,
+            skipped=self.end.skipped if self.end else 0,
+            refused=self.refused,
+            full_masked=self.full_masked,
+            fps=fps,
+            latency_ms=latency,
+        )
+
+
+class FrameLog:
+    """``--metrics-jsonl``: one JSON record per recorded or lost frame."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._file: IO[str] | None = path.open("w", encoding="utf-8") if path else None
+
+    def frame(self, header: FrameHeader) -> None:
+        if self._file is None:
+            return
+        record = {
+            "stream": header.stream,
+            "seq": header.seq,
+            "index": header.index,
+            "pts": header.pts,
+            "time_base": list(header.time_base),
+            "full_mask": bool(header.flags & Flag.FULL_MASK),
+            "boxes": len(header.boxes),
+            "stamps_ns": {stage.name.lower(): header.stamps[stage] for stage in Stage},
+            "latency_ms": (header.stamps[Stage.RECORDED] - header.stamps[Stage.CAPTURED]) / 1e6,
+        }
+        self._file.write(json.dumps(record) + "\n")
+
+    def lost(self, gap: Lost) -> None:
+        if self._file is None:
+            return
+        for seq in range(gap.first_seq, gap.first_seq + gap.count):
+            self._file.write(json.dumps({"stream": gap.stream, "seq": seq, "lost": True}) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,112 @@
+"""The record stage: sequence what the workers send, write it, measure it.
+
+It binds the socket every worker pushes to, restores each stream's order,
+hands frames to one recorder per stream and collects per-frame metrics. With
+``expect`` it ends by itself once every expected stream has ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from anonstream.config import Settings
+from anonstream.errors import NotAnonymizedError, RecorderError, WireError
+from anonstream.process import Channel, Finished
+from anonstream.stream.metrics import FrameLog, RunSummary, StreamMetrics
+from anonstream.stream.recorders import Recorder, make_recorder
+from anonstream.stream.sequencer import Ended, Lost, Released, Sequencer
+from anonstream.stream.transport import FrameReceiver
+from anonstream.stream.wire import FrameMessage, Stage
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import SynchronizedArray
+
+log = logging.getLogger(__name__)
+
+RECEIVE_MS = 50
+
+
+@dataclass(frozen=True)
+class RecordStage:
+    endpoint: str
+    settings: Settings
+    expect: tuple[str, ...] = ()
+    progress: SynchronizedArray[int] | None = None  # frames recorded per expected stream, for the CLI
+    role: str = "record"
+
+    @property
+    def title(self) -> str:
+        return "record"
+
+    def serve(self, stop: threading.Event, channel: Channel) -> None:
+        cfg = self.settings
+        if cfg.record.dir is not None:
+            try:
+                cfg.record.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RecorderError(f"cannot create output folder {cfg.record.dir}: {exc.strerror}") from None
+        sequencer = Sequencer(cfg.sequencer.loss_timeout_s, cfg.sequencer.max_pending)
+        recorders: dict[str, Recorder] = {}
+        metrics: dict[str, StreamMetrics] = {name: StreamMetrics(name) for name in self.expect}
+        ended: set[str] = set()
+
+        def handle(events: list[Released], frame_log: FrameLog) -> None:
+            for event in events:
+                if isinstance(event, FrameMessage):
+                    self._record(event, recorders, metrics, frame_log)
+                elif isinstance(event, Lost):
+                    metrics.setdefault(event.stream, StreamMetrics(event.stream)).lost += event.count
+                    frame_log.lost(event)
+                    log.warning("%s: %d frame(s) lost from seq %d", event.stream, event.count, event.first_seq)
+                elif isinstance(event, Ended):
+                    ended.add(event.stream)
+                    metrics.setdefault(event.stream, StreamMetrics(event.stream)).end = event.end
+                    if event.stream in recorders:
+                        recorders.pop(event.stream).close()
+
+        hwm, linger = cfg.transport.frame_hwm, cfg.transport.linger_ms
+        with FrameReceiver(hwm, linger).bind(self.endpoint) as receiver, FrameLog(cfg.metrics.jsonl) as frame_log:
+            try:
+                channel.ready(f"listening on {self.endpoint}")
+                while not stop.is_set() and not (self.expect and ended.issuperset(self.expect)):
+                    message = receiver.receive(RECEIVE_MS)
+                    now = time.monotonic()
+                    events = sequencer.push(message, now) if message is not None else []
+                    handle(events + sequencer.poll(now), frame_log)
+                handle(sequencer.flush(), frame_log)
+            finally:
+                for recorder in recorders.values():
+                    recorder.close()
+        summary = RunSummary([m.summary() for m in metrics.values()])
+        late = sum(sequencer.late.values())
+        channel.send(Finished(self.title, {"rejected": receiver.rejected, "late": late}, summary))
+
+    def _record(
+        self,
+        message: FrameMessage,
+        recorders: dict[str, Recorder],
+        metrics: dict[str, StreamMetrics],
+        frame_log: FrameLog,
+    ) -> None:
+        header = message.header
+        header.stamp(Stage.SEQUENCED)
+        stats = metrics.setdefault(header.stream, StreamMetrics(header.stream))
+        recorder = recorders.get(header.stream)
+        if recorder is None:
+            recorder = recorders[header.stream] = make_recorder(header.stream, header, self.settings.record)
+        try:
+            recorder.write(message)
+        except (NotAnonymizedError, WireError) as exc:
+            stats.refused += 1
+            log.error("%s", exc)
+            return
+        header.stamp(Stage.RECORDED)
+        stats.frame(header)
+        frame_log.frame(header)
+        if self.progress is not None and header.stream in self.expect:
+            with self.progress.get_lock():
+                self.progress[self.expect.index(header.stream)] += 1

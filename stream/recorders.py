@@ -1,0 +1,171 @@
+"""Recorders: where anonymized frames end up, in order, one recorder per stream.
+
+Every recorder refuses a frame that is not flagged anonymized, whatever sent
+it: the last line of the fail-closed rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from fractions import Fraction
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Self
+
+import av
+import cv2
+import numpy as np
+
+from anonstream.config import RecordConfig
+from anonstream.errors import NotAnonymizedError, RecorderError, WireError
+from anonstream.stream.wire import Flag, FrameHeader, FrameMessage
+
+log = logging.getLogger(__name__)
+
+
+class Recorder(ABC):
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        self.written = 0
+
+    def write(self, message: FrameMessage) -> None:
+        if not message.header.flags & Flag.ANONYMIZED:
+            raise NotAnonymizedError(f"{self.stream} frame {message.header.seq} is not anonymized; refused")
+        self._write(message)
+        self.written += 1
+
+    @abstractmethod
+    def _write(self, message: FrameMessage) -> None: ...
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class NullRecorder(Recorder):
+    """Discards frames (after the anonymized check): for benchmarks."""
+
+    def _write(self, message: FrameMessage) -> None:
+        pass
+
+
+def _to_bgr8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint16:
+        pixels = (pixels >> 8).astype(np.uint8)
+    elif pixels.dtype != np.uint8:
+        pixels = (np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)
+    if pixels.ndim == 2:
+        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    if pixels.shape[2] == 4:
+        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
+    return pixels
+
+
+class Mp4Recorder(Recorder):
+    """H.264 in MP4 at the source's frame rate and timestamps.
+
+    A change of frame size starts a new segment file (``name-1.mp4``...), as
+    H.264 in MP4 cannot change size mid-stream. Fragmented MP4 (the default)
+    stays playable if the process is killed.
+    """
+
+    def __init__(self, stream: str, path: Path, config: RecordConfig) -> None:
+        super().__init__(stream)
+        self.path = path
+        self.config = config
+        self.paths: list[Path] = []
+        self._container: av.container.OutputContainer | None = None
+        self._video: av.video.stream.VideoStream | None = None
+        self._shape: tuple[int, ...] = ()
+        self._first_pts = 0
+        self._last_pts = -1
+
+    def _open(self, header: FrameHeader, height: int, width: int) -> None:
+        self.close()
+        path = self.path if not self.paths else self.path.with_stem(f"{self.path.stem}-{len(self.paths)}")
+        options = {"movflags": "frag_keyframe+empty_moov+default_base_moof"} if self.config.fragmented else {}
+        try:
+            container = av.open(os.fspath(path), mode="w", format="mp4", options=options)
+        except (OSError, av.FFmpegError) as exc:
+            raise RecorderError(f"cannot write {path}: {exc}") from None
+        rate = Fraction(*header.rate) if header.rate[0] else Fraction(30)
+        video = container.add_stream(self.config.codec, rate=rate)
+        if not isinstance(video, av.video.stream.VideoStream):
+            raise RecorderError(f"codec {self.config.codec!r} is not a video encoder")
+        video.width, video.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
+        video.pix_fmt = "yuv420p"
+        video.time_base = video.codec_context.time_base = Fraction(*header.time_base)
+        video.options = {"crf": str(self.config.crf), "preset": self.config.preset}
+        self._container, self._video = container, video
+        self._shape = (height, width)
+        self._first_pts, self._last_pts = header.pts, -1
+        self.paths.append(path)
+
+    def _write(self, message: FrameMessage) -> None:
+        header, pixels = message.header, _to_bgr8(message.pixels)
+        height, width = pixels.shape[:2]
+        if self._container is None or (height, width) != self._shape:
+            self._open(header, height, width)
+        assert self._container is not None and self._video is not None
+        if height % 2 or width % 2:
+            pixels = cv2.copyMakeBorder(pixels, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
+        frame = av.VideoFrame.from_ndarray(pixels, format="bgr24")
+        pts = max(header.pts - self._first_pts, self._last_pts + 1)
+        frame.pts, frame.time_base = pts, self._video.time_base
+        self._last_pts = pts
+        try:
+            self._container.mux(self._video.encode(frame))
+        except (OSError, av.FFmpegError) as exc:
+            raise RecorderError(f"writing {self.paths[-1]} failed: {exc}") from None
+
+    def close(self) -> None:
+        if self._container is None or self._video is None:
+            return
+        container, self._container = self._container, None
+        try:
+            container.mux(self._video.encode(None))
+        finally:
+            container.close()
+
+
+class ImageFolderRecorder(Recorder):
+    """Writes each frame under the same relative name, and so format, it had in the source folder."""
+
+    def __init__(self, stream: str, root: Path) -> None:
+        super().__init__(stream)
+        self.root = root
+
+    def _write(self, message: FrameMessage) -> None:
+        header = message.header
+        name = PurePosixPath(header.name or f"{header.index:06d}.png")
+        if name.is_absolute() or ".." in name.parts or not name.suffix:
+            raise WireError(f"{self.stream}: refusing unsafe output name {header.name!r}")
+        path = self.root.joinpath(*name.parts)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ok = cv2.imwrite(os.fspath(path), message.pixels)
+        except (OSError, cv2.error) as exc:
+            raise RecorderError(f"cannot write {path}: {exc}") from None
+        if not ok:
+            raise RecorderError(f"cannot write {path} (disk full, or no permission?)")
+
+
+def make_recorder(stream: str, header: FrameHeader, config: RecordConfig) -> Recorder:
+    """The recorder for a stream, chosen from the config and its first frame."""
+    kind = config.format
+    if kind == "auto":
+        kind = "images" if header.name else "mp4"
+    if kind == "null" or config.dir is None:
+        return NullRecorder(stream)
+    if kind == "images":
+        return ImageFolderRecorder(stream, config.dir / stream)
+    return Mp4Recorder(stream, config.dir / f"{stream}.mp4", config)

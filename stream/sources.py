@@ -1,0 +1,238 @@
+"""Frame sources: video files, image folders, webcams and network streams.
+
+Each source is a context manager that yields decoded frames with their
+presentation time. Opening checks everything a user can get wrong and raises
+SourceError with what to do, so a bad ``--source`` never reaches a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+import av
+import cv2
+import numpy as np
+
+from anonstream.config import CaptureConfig, SourceSpec
+from anonstream.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+LIVE_TIME_BASE = Fraction(1, 1000)  # live sources are stamped in milliseconds since their first frame
+
+SourceKind = Literal["file", "folder", "webcam", "network"]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFrame:
+    pixels: np.ndarray
+    index: int
+    pts: int
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    stream_id: str
+    kind: SourceKind
+    uri: str
+    rate: Fraction
+    time_base: Fraction
+    frames: int | None  # total, where the container says
+    live: bool
+
+
+def classify(uri: str) -> SourceKind:
+    if uri.lower().startswith(NETWORK_SCHEMES):
+        return "network"
+    if uri.isdigit() or uri.startswith("/dev/video"):
+        return "webcam"
+    path = Path(uri)
+    if path.is_dir():
+        return "folder"
+    if path.is_file():
+        return "file"
+    raise SourceError(
+        f"source {uri!r} does not exist (give a video file, an image folder, a webcam such as 0, or an rtsp:// URL)"
+    )
+
+
+def default_stream_id(uri: str, kind: SourceKind) -> str:
+    if kind == "webcam":
+        base = "cam" + (uri if uri.isdigit() else uri.removeprefix("/dev/video"))
+    elif kind == "network":
+        base = re.sub(r"^[a-z]+://([^@/]*@)?", "", uri, flags=re.IGNORECASE)
+    else:
+        base = Path(uri).resolve().stem if kind == "file" else Path(uri).resolve().name
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "stream"
+    return cleaned[:64]
+
+
+def stream_ids(specs: list[SourceSpec]) -> list[str]:
+    """One unique id per source: the configured one, or one made from the uri."""
+    taken = {s.id for s in specs if s.id}
+    ids: list[str] = []
+    for spec in specs:
+        if spec.id:
+            ids.append(spec.id)
+            continue
+        base = default_stream_id(spec.uri, classify(spec.uri))
+        candidate, n = base, 2
+        while candidate in taken:
+            candidate, n = f"{base}-{n}", n + 1
+        taken.add(candidate)
+        ids.append(candidate)
+    return ids
+
+
+class Source:
+    """Base class; subclasses fill ``info`` on open and implement ``frames``."""
+
+    info: SourceInfo
+    skipped: int = 0  # frames or images that could not be decoded
+
+    def frames(self) -> Iterator[SourceFrame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class VideoSource(Source):
+    """A video file or network stream, decoded by FFmpeg through PyAV."""
+
+    def __init__(self, stream_id: str, uri: str, kind: SourceKind, config: CaptureConfig) -> None:
+        options: dict[str, str] = {}
+        if uri.lower().startswith(("rtsp://", "rtsps://")):
+            options = {"rtsp_transport": config.rtsp_transport, "fflags": "nobuffer", "flags": "low_delay"}
+        try:
+            self._container = av.open(uri, options=options, timeout=config.open_timeout_s)
+        except av.FFmpegError as exc:
+            what = "video file" if kind == "file" else "stream"
+            raise SourceError(
+                f"cannot open {what} {uri!r}: {exc} (check the path or URL, and that FFmpeg can decode it)"
+            ) from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise SourceError(f"{uri!r} has no video stream")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        live = kind == "network"
+        rate = self._stream.average_rate or self._stream.guessed_rate or Fraction(30)
+        time_base = LIVE_TIME_BASE if live else (self._stream.time_base or Fraction(1, 90000))
+        self.info = SourceInfo(
+            stream_id, kind, uri, Fraction(rate), Fraction(time_base), self._stream.frames or None, live
+        )
+
+    def frames(self) -> Iterator[SourceFrame]:
+        index = 0
+        start = time.monotonic()
+        packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.FFmpegError as exc:
+                raise SourceError(f"reading {self.info.uri!r} failed: {exc}") from None
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError as exc:
+                self.skipped += 1
+                log.warning("%s: skipped an undecodable packet (%s)", self.info.stream_id, exc)
+                continue
+            for frame in decoded:
+                if self.info.live or frame.pts is None:
+                    pts = (
+                        round((time.monotonic() - start) / self.info.time_base)
+                        if self.info.live
+                        else round(index / self.info.rate / self.info.time_base)
+                    )
+                else:
+                    pts = int(frame.pts)
+                yield SourceFrame(frame.to_ndarray(format="bgr24"), index, pts)
+                index += 1
+
+    def close(self) -> None:
+        self._container.close()
+
+
+class FolderSource(Source):
+    """Every image below a folder, in sorted order, as one stream."""
+
+    def __init__(self, stream_id: str, uri: str, config: CaptureConfig) -> None:
+        root = Path(uri)
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise SourceError(f"folder {uri!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        self._root = root
+        self._files = files
+        rate = Fraction(config.folder_fps).limit_denominator(1001)
+        self.info = SourceInfo(stream_id, "folder", uri, rate, 1 / rate, len(files), False)
+
+    def frames(self) -> Iterator[SourceFrame]:
+        for index, path in enumerate(self._files):
+            pixels = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+            if pixels is None:
+                self.skipped += 1
+                log.warning("%s: skipped %s: not a readable image", self.info.stream_id, path)
+                continue
+            yield SourceFrame(pixels, index, index, path.relative_to(self._root).as_posix())
+
+
+class WebcamSource(Source):
+    """A local camera through OpenCV (V4L2 on Linux)."""
+
+    def __init__(self, stream_id: str, uri: str, config: CaptureConfig) -> None:
+        device: int | str = int(uri) if uri.isdigit() else uri
+        self._capture = cv2.VideoCapture(device)
+        if not self._capture.isOpened():
+            self._capture.release()
+            raise SourceError(
+                f"webcam {uri!r} cannot be opened: is it connected, and not used by another "
+                "program? (list cameras with `ls /dev/video*`)"
+            )
+        fps = self._capture.get(cv2.CAP_PROP_FPS) or 30.0
+        rate = Fraction(fps).limit_denominator(1001)
+        self.info = SourceInfo(stream_id, "webcam", uri, rate, LIVE_TIME_BASE, None, True)
+
+    def frames(self) -> Iterator[SourceFrame]:
+        index = 0
+        start = time.monotonic()
+        while True:
+            ok, pixels = self._capture.read()
+            if not ok:
+                raise SourceError(f"webcam {self.info.uri!r} stopped delivering frames")
+            yield SourceFrame(pixels, index, round((time.monotonic() - start) / LIVE_TIME_BASE))
+            index += 1
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+def open_source(spec: SourceSpec, stream_id: str, config: CaptureConfig) -> Source:
+    kind = classify(spec.uri)
+    if kind == "folder":
+        return FolderSource(stream_id, spec.uri, config)
+    if kind == "webcam":
+        return WebcamSource(stream_id, spec.uri, config)
+    return VideoSource(stream_id, spec.uri, kind, config)

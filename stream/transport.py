@@ -1,0 +1,108 @@
+"""ZeroMQ sockets that carry wire messages between processes.
+
+Frames flow over PUSH/PULL: a capture binds a PUSH socket, workers connect
+PULL sockets to every capture (fair-queued) and PUSH their output to the one
+record process, which binds a PULL socket. High-water marks and limits are
+named here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+from typing import Self
+
+import zmq
+
+from anonstream.errors import WireError
+from anonstream.stream.wire import Message, decode, encode
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FRAME_HWM = 8  # frames queued per peer before a sender blocks or drops
+DEFAULT_LINGER_MS = 2000  # how long a closing socket keeps delivering queued frames
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # a larger message is refused by libzmq before it is allocated
+POLL_MS = 100  # how often blocking loops look at their stop flag
+
+
+class _Socket:
+    def __init__(self, kind: int, hwm: int, linger_ms: int) -> None:
+        self._context = zmq.Context()
+        self.socket: zmq.Socket[bytes] = self._context.socket(kind)
+        self.socket.setsockopt(zmq.LINGER, linger_ms)
+        if kind == zmq.PUSH:
+            self.socket.setsockopt(zmq.SNDHWM, hwm)
+        else:
+            self.socket.setsockopt(zmq.RCVHWM, hwm)
+            self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+
+    def bind(self, endpoint: str) -> Self:
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise WireError(f"cannot listen on {endpoint}: {exc} (is another process using it?)") from None
+        return self
+
+    def connect(self, endpoint: str) -> Self:
+        try:
+            self.socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise WireError(f"cannot connect to {endpoint}: {exc}") from None
+        return self
+
+    def close(self) -> None:
+        self.socket.close()
+        self._context.term()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class FrameSender(_Socket):
+    """A PUSH socket for wire messages; blocking sends give back-pressure."""
+
+    def __init__(self, hwm: int = DEFAULT_FRAME_HWM, linger_ms: int = DEFAULT_LINGER_MS) -> None:
+        super().__init__(zmq.PUSH, hwm, linger_ms)
+
+    def send(self, message: Message, stop: threading.Event | None = None, block: bool = True) -> bool:
+        """Send one message; False if it could not go (non-blocking and full, or stopped while waiting)."""
+        parts = encode(message)
+        while True:
+            try:
+                self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                if not block:
+                    return False
+            if stop is not None and stop.is_set():
+                return False
+            self.socket.poll(POLL_MS, zmq.POLLOUT)
+
+
+class FrameReceiver(_Socket):
+    """A PULL socket that validates every message and counts the ones it rejects."""
+
+    def __init__(self, hwm: int = DEFAULT_FRAME_HWM, linger_ms: int = DEFAULT_LINGER_MS) -> None:
+        super().__init__(zmq.PULL, hwm, linger_ms)
+        self.rejected = 0
+
+    def receive(self, timeout_ms: int = POLL_MS) -> Message | None:
+        """The next valid message, or None after ``timeout_ms`` or a rejected one."""
+        if not self.socket.poll(timeout_ms, zmq.POLLIN):
+            return None
+        parts = self.socket.recv_multipart(copy=False)
+        try:
+            return decode(parts)
+        except WireError as exc:
+            self.rejected += 1
+            if self.rejected <= 10 or self.rejected % 1000 == 0:
+                log.warning("rejected malformed message #%d: %s", self.rejected, exc)
+            return None

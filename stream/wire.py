@@ -1,0 +1,322 @@
+"""The wire format between anonstream's processes, version 1.
+
+A frame is a two-part ZeroMQ message: a msgpack header, then the raw pixel
+buffer, sent and received without copying. End of stream is its own one-part
+message. Every received message is validated before use; nothing is allocated
+on a header's say-so (pixels are a view of the buffer that arrived).
+
+Header keys (msgpack map; no other keys are accepted):
+
+    v        int    wire version, WIRE_VERSION
+    kind     int    Kind.FRAME or Kind.END
+    stream   str    stream id
+    --- frames only ---
+    seq      int    0, 1, 2... per stream, over the frames the capture sent
+    index    int    frame number in the source (gaps: frames dropped before sending)
+    pts      int    presentation time, in time_base units
+    tb       [n,d]  time base of pts, as a fraction n/d
+    rate     [n,d]  nominal frame rate of the source, n/d frames per second
+    shape    [h,w] or [h,w,c]
+    dtype    str    one of DTYPES
+    pixfmt   str    one of PIXEL_FORMATS
+    flags    int    Flag bits
+    stamps   [int]  one wall-clock time in ns per Stage, 0 where not reached
+    name     str    file name relative to an image-folder source, else ""
+    dropped  int    frames this stream has dropped before sending, so far
+    boxes    [[x1,y1,x2,y2,score]]  regions the worker masked
+    --- end of stream only ---
+    frames   int    how many frames the capture sent (seq 0..frames-1)
+    skipped  int    source frames that could not be decoded
+    reason   str    why the stream ended ("eof", "stopped", "error: ...")
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from anonstream.errors import WireError
+
+WIRE_VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+MAX_SIDE = 16384
+MAX_BOXES = 4096
+
+DTYPES = frozenset({"uint8", "uint16", "float32"})
+# pixel format -> channels (0: a 2-D array)
+PIXEL_FORMATS = {"bgr": 3, "gray": 0, "bgra": 4}
+
+
+class Kind(IntEnum):
+    FRAME = 1
+    END = 2
+
+
+class Flag(IntFlag):
+    NONE = 0
+    ANONYMIZED = 1  # a worker detected and masked this frame; only such frames may be recorded
+    FULL_MASK = 2  # detection failed, so the whole frame was masked instead (fail closed)
+
+
+class Stage(IntEnum):
+    """Where a frame was, in order; each has a timestamp in the header."""
+
+    CAPTURED = 0
+    SENT = 1
+    RECEIVED = 2
+    INFER_START = 3
+    INFER_END = 4
+    MASKED = 5
+    SEQUENCED = 6
+    RECORDED = 7
+
+
+Box = tuple[float, float, float, float, float]
+
+
+@dataclass(slots=True)
+class FrameHeader:
+    stream: str
+    seq: int
+    index: int
+    pts: int
+    time_base: tuple[int, int]
+    rate: tuple[int, int]
+    shape: tuple[int, ...]
+    dtype: str
+    pixfmt: str
+    flags: Flag = Flag.NONE
+    stamps: list[int] = field(default_factory=lambda: [0] * len(Stage))
+    name: str = ""
+    dropped: int = 0
+    boxes: list[Box] = field(default_factory=list)
+
+    def stamp(self, stage: Stage, at_ns: int | None = None) -> None:
+        self.stamps[stage] = time.time_ns() if at_ns is None else at_ns
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMessage:
+    header: FrameHeader
+    pixels: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream:
+    stream: str
+    frames: int
+    dropped: int = 0
+    skipped: int = 0
+    reason: str = "eof"
+
+
+Message = FrameMessage | EndOfStream
+
+
+def pixel_layout(pixels: np.ndarray) -> str:
+    """The pixel format an array of this shape is sent as."""
+    if pixels.ndim == 2:
+        return "gray"
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        return "bgr"
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        return "bgra"
+    raise WireError(f"cannot send an array of shape {pixels.shape}: expected HxW, HxWx3 or HxWx4")
+
+
+def encode(message: Message) -> list[bytes | memoryview]:
+    """Parts to pass to ``send_multipart(copy=False)``; pixels are not copied if contiguous."""
+    if isinstance(message, EndOfStream):
+        head: dict[str, Any] = {
+            "v": WIRE_VERSION,
+            "kind": int(Kind.END),
+            "stream": message.stream,
+            "frames": message.frames,
+            "dropped": message.dropped,
+            "skipped": message.skipped,
+            "reason": message.reason,
+        }
+        return [msgpack.packb(head)]
+    h = message.header
+    pixels = np.ascontiguousarray(message.pixels)
+    if tuple(pixels.shape) != tuple(h.shape) or str(pixels.dtype) != h.dtype:
+        raise WireError(f"header says {h.shape} {h.dtype}, pixels are {pixels.shape} {pixels.dtype}")
+    head = {
+        "v": WIRE_VERSION,
+        "kind": int(Kind.FRAME),
+        "stream": h.stream,
+        "seq": h.seq,
+        "index": h.index,
+        "pts": h.pts,
+        "tb": list(h.time_base),
+        "rate": list(h.rate),
+        "shape": list(h.shape),
+        "dtype": h.dtype,
+        "pixfmt": h.pixfmt,
+        "flags": int(h.flags),
+        "stamps": h.stamps,
+        "name": h.name,
+        "dropped": h.dropped,
+        "boxes": [list(b) for b in h.boxes],
+    }
+    return [msgpack.packb(head), pixels.data.cast("B")]
+
+
+_FRAME_KEYS = frozenset(
+    {
+        "v",
+        "kind",
+        "stream",
+        "seq",
+        "index",
+        "pts",
+        "tb",
+        "rate",
+        "shape",
+        "dtype",
+        "pixfmt",
+        "flags",
+        "stamps",
+        "name",
+        "dropped",
+        "boxes",
+    }
+)
+_END_KEYS = frozenset({"v", "kind", "stream", "frames", "dropped", "skipped", "reason"})
+
+
+def _int(head: dict[str, Any], key: str, low: int = 0, high: int = 2**63 - 1) -> int:
+    value = head[key]
+    if type(value) is not int or not low <= value <= high:
+        raise WireError(f"header field {key!r} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _str(head: dict[str, Any], key: str, limit: int = 4096) -> str:
+    value = head[key]
+    if not isinstance(value, str) or len(value) > limit:
+        raise WireError(f"header field {key!r} must be a string of at most {limit} characters")
+    return value
+
+
+def _fraction(head: dict[str, Any], key: str) -> tuple[int, int]:
+    value = head[key]
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or any(type(v) is not int for v in value)
+        or not (0 <= value[0] < 2**31 and 0 < value[1] < 2**31)
+    ):
+        raise WireError(f"header field {key!r} must be [numerator, denominator], got {value!r}")
+    return value[0], value[1]
+
+
+def _unpack_header(raw: bytes) -> dict[str, Any]:
+    if len(raw) > MAX_HEADER_BYTES:
+        raise WireError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        head = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise WireError(f"header is not valid msgpack: {type(exc).__name__}") from None
+    if not isinstance(head, dict):
+        raise WireError("header is not a msgpack map")
+    version = head.get("v")
+    if version != WIRE_VERSION:
+        raise WireError(f"unsupported wire version {version!r} (this build speaks {WIRE_VERSION})")
+    return head
+
+
+def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
+    """Validate and decode a received multipart message; raises WireError.
+
+    ``parts`` items may be bytes, memoryviews or ``zmq.Frame`` objects (their
+    ``buffer`` is used, so pixels stay a view of the received message).
+    """
+    if not parts or len(parts) > 2:
+        raise WireError(f"expected 1 or 2 message parts, got {len(parts)}")
+    head = _unpack_header(bytes(_buffer(parts[0])))
+    kind = head.get("kind")
+    if kind == Kind.END:
+        if len(parts) != 1 or set(head) != _END_KEYS:
+            raise WireError("malformed end-of-stream message")
+        return EndOfStream(
+            stream=_str(head, "stream", 64),
+            frames=_int(head, "frames"),
+            dropped=_int(head, "dropped"),
+            skipped=_int(head, "skipped"),
+            reason=_str(head, "reason"),
+        )
+    if kind != Kind.FRAME:
+        raise WireError(f"unknown message kind {kind!r}")
+    if set(head) != _FRAME_KEYS:
+        raise WireError(f"frame header keys differ from version {WIRE_VERSION}: {sorted(map(str, head))}")
+    if len(parts) != 2:
+        raise WireError("frame message without its pixel part")
+    dtype = _str(head, "dtype", 16)
+    pixfmt = _str(head, "pixfmt", 16)
+    if dtype not in DTYPES:
+        raise WireError(f"unsupported dtype {dtype!r}")
+    if pixfmt not in PIXEL_FORMATS:
+        raise WireError(f"unsupported pixel format {pixfmt!r}")
+    shape_raw = head["shape"]
+    channels = PIXEL_FORMATS[pixfmt]
+    if (
+        not isinstance(shape_raw, list)
+        or len(shape_raw) != (2 if channels == 0 else 3)
+        or any(type(d) is not int or not 1 <= d <= MAX_SIDE for d in shape_raw[:2])
+        or (channels and shape_raw[2] != channels)
+    ):
+        raise WireError(f"shape {shape_raw!r} does not fit pixel format {pixfmt!r}")
+    shape = tuple(shape_raw)
+    buffer = _buffer(parts[1])
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if buffer.nbytes != expected:
+        raise WireError(f"pixel buffer has {buffer.nbytes} bytes, header declares {expected}")
+    stamps = head["stamps"]
+    if not isinstance(stamps, list) or len(stamps) != len(Stage) or any(type(s) is not int for s in stamps):
+        raise WireError("header field 'stamps' must hold one integer per stage")
+    boxes_raw = head["boxes"]
+    if not isinstance(boxes_raw, list) or len(boxes_raw) > MAX_BOXES:
+        raise WireError("header field 'boxes' must be a list of at most 4096 boxes")
+    boxes: list[Box] = []
+    for box in boxes_raw:
+        if not isinstance(box, list) or len(box) != 5 or any(type(v) not in (int, float) for v in box):
+            raise WireError("each box must be [x1, y1, x2, y2, score]")
+        boxes.append((float(box[0]), float(box[1]), float(box[2]), float(box[3]), float(box[4])))
+    flags = _int(head, "flags", 0, int(Flag.ANONYMIZED | Flag.FULL_MASK))
+    header = FrameHeader(
+        stream=_str(head, "stream", 64),
+        seq=_int(head, "seq"),
+        index=_int(head, "index"),
+        pts=_int(head, "pts", -(2**62), 2**62),
+        time_base=_fraction(head, "tb"),
+        rate=_fraction(head, "rate"),
+        shape=shape,
+        dtype=dtype,
+        pixfmt=pixfmt,
+        flags=Flag(flags),
+        stamps=stamps,
+        name=_str(head, "name"),
+        dropped=_int(head, "dropped"),
+        boxes=boxes,
+    )
+    if header.time_base[0] == 0:
+        raise WireError("time base must be positive")
+    pixels = np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape)
+    return FrameMessage(header, pixels)
+
+
+def _buffer(part: Any) -> memoryview:
+    if isinstance(part, (bytes, bytearray)):
+        return memoryview(part)
+    if isinstance(part, memoryview):
+        return part.cast("B") if part.format != "B" or part.ndim != 1 else part
+    buffer = getattr(part, "buffer", None)  # zmq.Frame
+    if isinstance(buffer, memoryview):
+        return buffer.cast("B") if buffer.format != "B" or buffer.ndim != 1 else buffer
+    raise WireError(f"unsupported message part type {type(part).__name__}")

@@ -1,0 +1,72 @@
+"""One validated type for the regions to mask in a frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from anonstream.stream.wire import Box
+
+
+@dataclass(frozen=True, slots=True)
+class Detections:
+    """Boxes ``(N, 4)`` as x1, y1, x2, y2 in frame pixels, with a score each.
+
+    Boxes may extend beyond the frame; maskers clip them. Construction
+    checks shapes and values so a decoder bug fails loudly here, not as an
+    unmasked face later.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+
+    def __post_init__(self) -> None:
+        boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        if len(boxes) != len(scores):
+            raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
+        if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+            raise ValueError("boxes and scores must be finite")
+        if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
+            raise ValueError("boxes must have x2 >= x1 and y2 >= y1")
+        object.__setattr__(self, "boxes", boxes)
+        object.__setattr__(self, "scores", scores)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
+
+    @classmethod
+    def from_boxes(cls, boxes: list[Box]) -> Detections:
+        if not boxes:
+            return cls.empty()
+        array = np.asarray(boxes, dtype=np.float32)
+        return cls(array[:, :4], array[:, 4])
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def scaled(self, factor: float) -> Detections:
+        """Each box grown (or shrunk) by ``factor`` around its centre."""
+        centre = (self.boxes[:, :2] + self.boxes[:, 2:]) / 2
+        half = (self.boxes[:, 2:] - self.boxes[:, :2]) * (factor / 2)
+        return Detections(np.hstack([centre - half, centre + half]), self.scores)
+
+    def pixel_boxes(self, width: int, height: int) -> np.ndarray:
+        """Integer boxes clipped to the frame, rounded outwards; empty ones removed."""
+        if not len(self):
+            return np.zeros((0, 4), np.int64)
+        out = np.empty((len(self), 4), np.int64)
+        out[:, :2] = np.floor(self.boxes[:, :2])
+        out[:, 2:] = np.ceil(self.boxes[:, 2:])
+        out[:, 0::2] = out[:, 0::2].clip(0, width)
+        out[:, 1::2] = out[:, 1::2].clip(0, height)
+        keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+        return out[keep]
+
+    def to_wire(self) -> list[Box]:
+        return [
+            (float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(s))
+            for b, s in zip(self.boxes, self.scores, strict=True)
+        ]
