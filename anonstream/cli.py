@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from anonstream import __version__
 from anonstream.config import Settings, default_config_text, load_settings, parse_assignment
 from anonstream.errors import AnonstreamError, ConfigError, RecorderError
-from anonstream.process import Channel, Failed, Stage, run_stage
+from anonstream.process import Channel, Failed, Finished, Stage, run_stage
 
 log = logging.getLogger("anonstream")
 
@@ -219,13 +219,25 @@ def _overrides(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _console_logging(console: Console, args: argparse.Namespace) -> int:
+    """Rich log lines on a terminal, plain timestamped lines otherwise (files, CI)."""
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO
-    handler = RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False, log_time_format="[%X]")
-    handler.setFormatter(logging.Formatter("%(processName)s: %(message)s"))
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False, markup=False, log_time_format="[%X]")
+        handler.setFormatter(logging.Formatter("%(processName)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(processName)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     return level
+
+
+def _stdout_console() -> Console:
+    """Where the final tables go; wide enough not to cut stream names when piped to a file."""
+    console = Console()
+    return console if console.is_terminal else Console(width=140)
 
 
 def _on_stop_signals(callback: Any) -> None:
@@ -293,7 +305,7 @@ def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool)
             result = pipeline.run(show)
     finally:
         listener.stop()
-    render(Console(), result)
+    render(_stdout_console(), result.summary, result.reports, result.worker_restarts)
     for failure in result.failures:
         console.print(f"[red]{failure.title}: {failure.message}[/red]")
     if result.summary and any(s.refused for s in result.summary.streams):
@@ -310,6 +322,10 @@ def _run_role(stage: Stage) -> int:
     for event in channel.events:
         if isinstance(event, Failed):
             raise AnonstreamError(event.message)
+        if isinstance(event, Finished) and event.summary is not None:
+            from anonstream.report import render
+
+            render(_stdout_console(), event.summary, [event])
     return code
 
 
@@ -363,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return _run_role(RecordStage(settings.record.bind, settings, tuple(args.expect)))
     except AnonstreamError as exc:
-        console.print(f"[red]anonstream: error:[/red] {exc}", highlight=False)
+        console.print(f"[red]anonstream: error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         return 130

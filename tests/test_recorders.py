@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from anonstream.config import RecordConfig
+from anonstream.errors import NotAnonymizedError, WireError
+from anonstream.stream.recorders import ImageFolderRecorder, Mp4Recorder, NullRecorder, make_recorder
+from anonstream.stream.wire import Flag, FrameHeader, FrameMessage, pixel_layout
+from tests.conftest import decode_video
+
+
+def message(
+    seq: int, pixels: np.ndarray, flags: Flag = Flag.ANONYMIZED, name: str = "", pts: int | None = None
+) -> FrameMessage:
+    header = FrameHeader(
+        "s",
+        seq,
+        seq,
+        seq * 3 if pts is None else pts,
+        (1, 90),
+        (30, 1),
+        tuple(pixels.shape),
+        str(pixels.dtype),
+        pixel_layout(pixels),
+        flags,
+        name=name,
+    )
+    return FrameMessage(header, pixels)
+
+
+@pytest.mark.parametrize("recorder_kind", ["null", "mp4", "images"])
+def test_every_recorder_refuses_frames_not_anonymized(tmp_path: Path, recorder_kind: str) -> None:
+    recorder = {
+        "null": lambda: NullRecorder("s"),
+        "mp4": lambda: Mp4Recorder("s", tmp_path / "s.mp4", RecordConfig()),
+        "images": lambda: ImageFolderRecorder("s", tmp_path / "s"),
+    }[recorder_kind]()
+    with recorder, pytest.raises(NotAnonymizedError):
+        recorder.write(message(0, np.zeros((16, 16, 3), np.uint8), flags=Flag.NONE, name="a.png"))
+    assert recorder.written == 0
+    assert not (tmp_path / "s" / "a.png").exists()
+
+
+def test_mp4_keeps_frame_rate_count_and_timestamps(tmp_path: Path) -> None:
+    path = tmp_path / "s.mp4"
+    frames = [np.full((33, 47, 3), 10 * i, np.uint8) for i in range(10)]  # odd size: padded for yuv420p
+    with Mp4Recorder("s", path, RecordConfig()) as recorder:
+        for i, pixels in enumerate(frames):
+            recorder.write(message(i, pixels))
+    decoded, rate = decode_video(path)
+    assert len(decoded) == 10 and rate == 30
+    assert decoded[0].shape == (34, 48, 3)
+    assert abs(int(decoded[5][10, 10, 0]) - 50) < 8
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        times = [frame.time for frame in container.decode(stream)]
+    assert sorted(times) == pytest.approx([i * 3 / 90 for i in range(10)], abs=1e-3)
+    assert Fraction(30) == Fraction(rate)
+
+
+def test_mp4_starts_a_new_segment_when_the_frame_size_changes(tmp_path: Path) -> None:
+    with Mp4Recorder("s", tmp_path / "s.mp4", RecordConfig()) as recorder:
+        for i in range(3):
+            recorder.write(message(i, np.zeros((32, 32, 3), np.uint8)))
+        for i in range(3, 5):
+            recorder.write(message(i, np.zeros((48, 64, 3), np.uint8)))
+    assert [p.name for p in recorder.paths] == ["s.mp4", "s-1.mp4"]
+    assert len(decode_video(tmp_path / "s.mp4")[0]) == 3
+    assert len(decode_video(tmp_path / "s-1.mp4")[0]) == 2
+
+
+def test_image_recorder_keeps_relative_names_and_formats(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    with ImageFolderRecorder("s", tmp_path / "out") as recorder:
+        recorder.write(message(0, pixels, name="a/one.png"))
+        recorder.write(message(1, pixels, name="two.jpg"))
+    assert np.array_equal(cv2.imread(str(tmp_path / "out/a/one.png")), pixels)
+    assert (tmp_path / "out/two.jpg").read_bytes()[:2] == b"\xff\xd8"
+
+
+@pytest.mark.parametrize("name", ["../escape.png", "/etc/passwd.png", "a/../../b.png", "noext"])
+def test_image_recorder_refuses_unsafe_names(tmp_path: Path, name: str) -> None:
+    with ImageFolderRecorder("s", tmp_path / "out") as recorder, pytest.raises(WireError):
+        recorder.write(message(0, np.zeros((4, 4, 3), np.uint8), name=name))
+    assert not (tmp_path / "escape.png").exists()
+
+
+def test_recorder_choice_follows_the_source() -> None:
+    pixels = np.zeros((4, 4, 3), np.uint8)
+    config = RecordConfig(dir=Path("out"))
+    assert isinstance(make_recorder("s", message(0, pixels, name="x.png").header, config), ImageFolderRecorder)
+    assert isinstance(make_recorder("s", message(0, pixels).header, config), Mp4Recorder)
+    null = RecordConfig(dir=Path("out"), format="null")
+    assert isinstance(make_recorder("s", message(0, pixels).header, null), NullRecorder)

@@ -1,0 +1,171 @@
+"""The wire format over real ZeroMQ sockets: bit-exact frames, malformed messages rejected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from anonstream.errors import WireError
+from anonstream.stream.transport import FrameReceiver, FrameSender
+from anonstream.stream.wire import (
+    EndOfStream,
+    Flag,
+    FrameHeader,
+    FrameMessage,
+    Stage,
+    decode,
+    encode,
+    pixel_layout,
+)
+
+rng = np.random.default_rng(7)
+
+
+def _header(pixels: np.ndarray, seq: int = 0) -> FrameHeader:
+    return FrameHeader(
+        stream="cam0",
+        seq=seq,
+        index=seq,
+        pts=seq * 1001,
+        time_base=(1, 30000),
+        rate=(30000, 1001),
+        shape=tuple(pixels.shape),
+        dtype=str(pixels.dtype),
+        pixfmt=pixel_layout(pixels),
+        flags=Flag.ANONYMIZED,
+        name="a/b.png",
+        boxes=[(1.0, 2.0, 3.5, 4.5, 0.9)],
+    )
+
+
+ARRAYS = {
+    "bgr uint8 1080p": rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8),
+    "gray uint8 odd size": rng.integers(0, 256, (7, 13), dtype=np.uint8),
+    "bgra uint8": rng.integers(0, 256, (32, 48, 4), dtype=np.uint8),
+    "bgr uint16": rng.integers(0, 65536, (20, 30, 3), dtype=np.uint16),
+    "gray float32": rng.random((17, 19), dtype=np.float32),
+    "non-contiguous slice": rng.integers(0, 256, (100, 200, 3), dtype=np.uint8)[::2, 10:150:3],
+    "fortran order": np.asfortranarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)),
+    "one pixel": np.zeros((1, 1, 3), np.uint8),
+}
+
+
+@pytest.fixture
+def pair(tmp_path: Path):  # type: ignore[no-untyped-def]
+    endpoint = f"ipc://{tmp_path}/frames"
+    with FrameReceiver().bind(endpoint) as receiver, FrameSender().connect(endpoint) as sender:
+        yield sender, receiver
+
+
+def _receive(receiver: FrameReceiver, timeout_ms: int = 5000) -> object:
+    message = receiver.receive(timeout_ms)
+    assert message is not None, "nothing arrived"
+    return message
+
+
+@pytest.mark.parametrize("name", list(ARRAYS))
+def test_frames_survive_a_real_socket_round_trip_bit_exact(pair, name: str) -> None:  # type: ignore[no-untyped-def]
+    sender, receiver = pair
+    pixels = ARRAYS[name]
+    header = _header(pixels, seq=5)
+    header.stamp(Stage.CAPTURED)
+    assert sender.send(FrameMessage(header, pixels))
+    got = _receive(receiver)
+    assert isinstance(got, FrameMessage)
+    assert got.pixels.shape == pixels.shape and got.pixels.dtype == pixels.dtype
+    assert np.array_equal(got.pixels, pixels)
+    assert got.header == header
+
+
+def test_received_pixels_are_a_view_of_the_message_not_a_copy(pair) -> None:  # type: ignore[no-untyped-def]
+    sender, receiver = pair
+    pixels = ARRAYS["bgr uint8 1080p"]
+    sender.send(FrameMessage(_header(pixels), pixels))
+    got = _receive(receiver)
+    assert isinstance(got, FrameMessage)
+    assert not got.pixels.flags.owndata
+
+
+def test_end_of_stream_is_its_own_message(pair) -> None:  # type: ignore[no-untyped-def]
+    sender, receiver = pair
+    end = EndOfStream("cam0", frames=12, dropped=3, skipped=1, reason="eof")
+    assert len(encode(end)) == 1
+    sender.send(end)
+    assert _receive(receiver) == end
+
+
+def _valid_parts() -> list[bytes]:
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    return [bytes(p) for p in encode(FrameMessage(_header(pixels), pixels))]
+
+
+def _head(**changes: object) -> bytes:
+    head = msgpack.unpackb(_valid_parts()[0])
+    head.update(changes)
+    return msgpack.packb(head)  # type: ignore[no-any-return]
+
+
+PIXELS = bytes(4 * 6 * 3)
+MALFORMED = {
+    "random bytes": [b"\x93\xff\x00garbage"],
+    "empty message": [b""],
+    "three parts": [_valid_parts()[0], PIXELS, b"x"],
+    "header only": [_valid_parts()[0]],
+    "not a map": [msgpack.packb([1, 2, 3]), PIXELS],
+    "unknown version": [_head(v=99), PIXELS],
+    "unknown kind": [_head(kind=7), PIXELS],
+    "missing key": [msgpack.packb({"v": 1, "kind": 1, "stream": "x"}), PIXELS],
+    "extra key": [_head(evil=1), PIXELS],
+    "huge shape": [_head(shape=[100000, 100000, 3]), PIXELS],
+    "buffer too short": [_valid_parts()[0], PIXELS[:-1]],
+    "buffer too long": [_valid_parts()[0], PIXELS + b"\0"],
+    "wrong dtype": [_head(dtype="complex128"), PIXELS],
+    "shape does not fit format": [_head(shape=[4, 6, 4]), PIXELS],
+    "negative seq": [_head(seq=-1), PIXELS],
+    "string seq": [_head(seq="1"), PIXELS],
+    "zero time base": [_head(tb=[1, 0]), PIXELS],
+    "short stamps": [_head(stamps=[0, 0]), PIXELS],
+    "bad box": [_head(boxes=[[1, 2, 3]]), PIXELS],
+    "unknown flags": [_head(flags=1024), PIXELS],
+    "oversized header": [b"\x00" * 70000, PIXELS],
+    "end with pixels": [
+        msgpack.packb({"v": 1, "kind": 2, "stream": "s", "frames": 1, "dropped": 0, "skipped": 0, "reason": "eof"}),
+        PIXELS,
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_message_is_rejected(name: str) -> None:
+    with pytest.raises(WireError):
+        decode(MALFORMED[name])
+
+
+def test_receiver_counts_rejects_and_keeps_receiving(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/frames"
+    with FrameReceiver().bind(endpoint) as receiver, zmq.Context() as ctx, ctx.socket(zmq.PUSH) as raw:
+        raw.connect(endpoint)
+        for parts in MALFORMED.values():
+            raw.send_multipart(parts)
+        pixels = ARRAYS["bgr uint16"]
+        raw.send_multipart(encode(FrameMessage(_header(pixels, seq=3), pixels)))
+        got = None
+        for _ in range(len(MALFORMED) + 5):
+            got = receiver.receive(2000)
+            if got is not None:
+                break
+        assert isinstance(got, FrameMessage) and got.header.seq == 3
+        assert np.array_equal(got.pixels, pixels)
+        assert receiver.rejected == len(MALFORMED)
+        raw.setsockopt(zmq.LINGER, 0)
+
+
+def test_sender_without_room_does_not_block_when_asked_not_to(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/nobody"
+    with FrameSender(hwm=1).bind(endpoint) as sender:
+        pixels = ARRAYS["one pixel"]
+        assert not sender.send(FrameMessage(_header(pixels), pixels), block=False)
