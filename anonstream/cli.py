@@ -6,7 +6,6 @@ import argparse
 import logging
 import logging.handlers
 import multiprocessing
-import os
 import signal
 import sys
 import threading
@@ -19,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from anonstream import __version__
 from anonstream.config import Settings, default_config_text, load_settings, parse_assignment
-from anonstream.errors import AnonstreamError, ConfigError, RecorderError
+from anonstream.errors import AnonstreamError, ConfigError
 from anonstream.process import Channel, Failed, Finished, Stage, run_stage
 
 log = logging.getLogger("anonstream")
@@ -48,15 +47,19 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="any config key, e.g. --set sequencer.loss_timeout_s=10 (repeatable)",
     )
-    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug log output")
     g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar")
 
 
 def _detector_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("detection and masking")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda", "tensorrt"], help="detector.device (default auto)")
+    g.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda", "tensorrt"],
+        help="detector.device (default auto: the GPU if a session really runs there, else the CPU)",
+    )
     g.add_argument("--model", type=Path, metavar="FILE", help="detector.model: a CenterFace-compatible ONNX file")
-    g.add_argument("--threshold", type=float, help="detector.threshold: minimum face score (default 0.2)")
+    g.add_argument("--threshold", type=float, metavar="T", help="detector.threshold: minimum face score (default 0.2)")
     g.add_argument(
         "--max-side",
         type=int,
@@ -220,7 +223,7 @@ def _overrides(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _console_logging(console: Console, args: argparse.Namespace) -> int:
     """Rich log lines on a terminal, plain timestamped lines otherwise (files, CI)."""
-    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     handler: logging.Handler
     if console.is_terminal:
         handler = RichHandler(console=console, show_path=False, markup=False, log_time_format="[%X]")
@@ -247,6 +250,7 @@ def _on_stop_signals(callback: Any) -> None:
 
 def _preflight(settings: Settings) -> None:
     """Catch what a user can get wrong before any process starts."""
+    from anonstream.stream.recorders import ensure_output_dir
     from anonstream.stream.sources import classify, open_source, stream_ids
     from anonstream.workers.runtime import default_model_path
 
@@ -259,12 +263,7 @@ def _preflight(settings: Settings) -> None:
     if settings.record.dir is None and settings.record.format != "null":
         raise ConfigError("no output given: add --record DIR (or --record-format null to discard)")
     if settings.record.dir is not None:
-        try:
-            settings.record.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RecorderError(f"cannot create output folder {settings.record.dir}: {exc.strerror}") from None
-        if not os.access(settings.record.dir, os.W_OK):
-            raise RecorderError(f"output folder {settings.record.dir} is not writable")
+        ensure_output_dir(settings.record.dir)
     model = settings.detector.model or default_model_path()
     if not model.is_file():
         raise ConfigError(f"model file {model} does not exist")
@@ -298,19 +297,20 @@ def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool)
         ) as bar:
             tasks = [bar.add_task(sid, total=None) for sid in ids]
 
-            def show(counts: list[int]) -> None:
-                for task, count in zip(tasks, counts, strict=True):
-                    bar.update(task, completed=count)
+            def show(counts: list[int], totals: list[int | None]) -> None:
+                for task, count, total in zip(tasks, counts, totals, strict=True):
+                    bar.update(task, completed=count, total=total)
 
             result = pipeline.run(show)
     finally:
         listener.stop()
     render(_stdout_console(), result.summary, result.reports, result.worker_restarts)
     for failure in result.failures:
-        console.print(f"[red]{failure.title}: {failure.message}[/red]")
-    if result.summary and any(s.refused for s in result.summary.streams):
-        return 1
-    return 1 if any(f.title == "record" for f in result.failures) else 0
+        console.print(f"[red]{failure.title}: {failure.message}[/red]", highlight=False, soft_wrap=True)
+    if result.interrupted:
+        log.info("stopped on request; what was recorded until then is complete and playable")
+    refused = result.summary is not None and any(s.refused for s in result.summary.streams)
+    return 1 if refused or result.failures else 0
 
 
 def _run_role(stage: Stage) -> int:
@@ -326,6 +326,8 @@ def _run_role(stage: Stage) -> int:
             from anonstream.report import render
 
             render(_stdout_console(), event.summary, [event])
+            if any(s.refused for s in event.summary.streams):
+                return 1
     return code
 
 

@@ -43,6 +43,12 @@ TICK_S = 0.1
 STOP_TIMEOUT_S = 10.0
 READY_TIMEOUT_S = {"record": 30.0, "worker": 300.0, "capture": 60.0}
 
+Progress = Callable[[list[int], list[int | None]], None]
+
+
+class _StopRequested(Exception):
+    """Ctrl-C or SIGTERM arrived while stages were still starting."""
+
 
 @dataclass
 class _Running:
@@ -130,13 +136,14 @@ class Pipeline:
             if len(ready) == len(stages):
                 return ready
             if self._stop_requests:
-                raise KeyboardInterrupt
+                raise _StopRequested
             if time.monotonic() > deadline:
                 role = stages[0].stage.role
                 raise StageError(f"{role} did not start within {READY_TIMEOUT_S[role]:.0f} s")
             time.sleep(TICK_S / 2)
 
-    def run(self, on_progress: Callable[[list[int]], None] | None = None) -> PipelineResult:
+    def run(self, on_progress: Progress | None = None) -> PipelineResult:
+        """Run to completion; ``on_progress(recorded, totals)`` is called a few times a second."""
         cfg = self.settings
         ids = stream_ids(cfg.sources)
         rundir = Path(tempfile.mkdtemp(prefix="anonstream-", dir=runtime_base()))
@@ -157,16 +164,17 @@ class Pipeline:
                 self._start(CaptureStage(spec, sid, endpoint, cfg))
                 for spec, sid, endpoint in zip(cfg.sources, ids, capture_endpoints, strict=True)
             ]
-            for ready in self._await_ready(captures):
+            started = self._await_ready(captures)
+            for ready in started:
                 log.info("%s: %s", ready.title, ready.detail)
-            interrupted = self._supervise(record, workers, captures, progress, on_progress)
-        except KeyboardInterrupt:
+            totals = [ready.total for ready in started]
+            report = None if on_progress is None else (lambda counts: on_progress(counts, totals))
+            interrupted = self._supervise(record, workers, captures, progress, report)
+        except _StopRequested:
             interrupted = True
         finally:
             self._stop_all()
             shutil.rmtree(rundir, ignore_errors=True)
-        if on_progress is not None:
-            on_progress(progress[:])
         reports = [r.finished for r in self._running if r.finished is not None]
         failures = [r.failure for r in self._running if r.failure is not None]
         summary = next((f.summary for f in reports if f.summary is not None), None)
@@ -180,6 +188,7 @@ class Pipeline:
         progress: SynchronizedArray[int],
         on_progress: Callable[[list[int]], None] | None,
     ) -> bool:
+        """Watch the stages until the record process is done; True if stopped by request."""
         cfg = self.settings
         drain_deadline: float | None = None
         stopping_captures = False

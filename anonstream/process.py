@@ -40,6 +40,7 @@ _PR_SET_PDEATHSIG = 1
 class Ready:
     title: str
     detail: str = ""
+    total: int | None = None  # frames the stage expects to handle, where known (progress bars)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +75,8 @@ class Channel:
             except (BrokenPipeError, OSError):
                 log.debug("%s: parent no longer listening", self.title)
 
-    def ready(self, detail: str = "") -> None:
-        self.send(Ready(self.title, detail))
+    def ready(self, detail: str = "", total: int | None = None) -> None:
+        self.send(Ready(self.title, detail, total))
 
 
 class Stage(Protocol):

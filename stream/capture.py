@@ -42,7 +42,9 @@ class CaptureStage:
         ):
             info = source.info
             live = info.live or cfg.capture.realtime
-            channel.ready(_describe(info, live))
+            channel.ready(_describe(info, live), info.frames)
+            # Reading a live source before a worker is connected would only drop its first frames.
+            sender.wait_for_peer(stop)
             seq = dropped = 0
             reason = "eof"
             started: float | None = None

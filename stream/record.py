@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from anonstream.config import Settings
-from anonstream.errors import NotAnonymizedError, RecorderError, WireError
+from anonstream.errors import NotAnonymizedError, WireError
 from anonstream.process import Channel, Finished
 from anonstream.stream.metrics import FrameLog, RunSummary, StreamMetrics
-from anonstream.stream.recorders import Recorder, make_recorder
+from anonstream.stream.recorders import Recorder, ensure_output_dir, make_recorder
 from anonstream.stream.sequencer import Ended, Lost, Released, Sequencer
 from anonstream.stream.transport import FrameReceiver
 from anonstream.stream.wire import FrameMessage, Stage
@@ -45,10 +45,7 @@ class RecordStage:
     def serve(self, stop: threading.Event, channel: Channel) -> None:
         cfg = self.settings
         if cfg.record.dir is not None:
-            try:
-                cfg.record.dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise RecorderError(f"cannot create output folder {cfg.record.dir}: {exc.strerror}") from None
+            ensure_output_dir(cfg.record.dir)
         sequencer = Sequencer(cfg.sequencer.loss_timeout_s, cfg.sequencer.max_pending)
         recorders: dict[str, Recorder] = {}
         metrics: dict[str, StreamMetrics] = {name: StreamMetrics(name) for name in self.expect}

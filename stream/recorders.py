@@ -163,6 +163,16 @@ class ImageFolderRecorder(Recorder):
             raise RecorderError(f"cannot write {path} (disk full, or no permission?)")
 
 
+def ensure_output_dir(path: Path) -> None:
+    """Create the output folder, or say why it cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RecorderError(f"cannot create output folder {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise RecorderError(f"output folder {path} is not writable")
+
+
 def make_recorder(stream: str, header: FrameHeader, config: RecordConfig) -> Recorder:
     """The recorder for a stream, chosen from the config and its first frame."""
     kind = config.format

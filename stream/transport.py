@@ -72,6 +72,13 @@ class FrameSender(_Socket):
     def __init__(self, hwm: int = DEFAULT_FRAME_HWM, linger_ms: int = DEFAULT_LINGER_MS) -> None:
         super().__init__(zmq.PUSH, hwm, linger_ms)
 
+    def wait_for_peer(self, stop: threading.Event) -> bool:
+        """Block until some receiver is connected and has room (False if stopped first)."""
+        while not stop.is_set():
+            if self.socket.poll(POLL_MS, zmq.POLLOUT):
+                return True
+        return False
+
     def send(self, message: Message, stop: threading.Event | None = None, block: bool = True) -> bool:
         """Send one message; False if it could not go (non-blocking and full, or stopped while waiting)."""
         parts = encode(message)

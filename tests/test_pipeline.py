@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -283,3 +285,87 @@ def test_readme_demo_command(tmp_path: Path) -> None:
     assert len(raw) == len(anonymized) == clip.frames
     for index in (0, 45, 89):
         assert_face_masked(raw[index], anonymized[index], clip.face_box(index), f"frame {index}")
+
+
+def test_killed_worker_is_restarted_and_nothing_leaks(tmp_path: Path) -> None:
+    clip = AstronautClip(width=320, height=180, frames=240, fps=30)
+    source = clip.write(tmp_path / "long.mp4")
+    out, jsonl = tmp_path / "out", tmp_path / "m.jsonl"
+    process = subprocess.Popen(
+        anonstream_cmd(
+            "run",
+            "--source",
+            str(source),
+            "--record",
+            str(out),
+            "--realtime",
+            "--workers",
+            "2",
+            "--metrics-jsonl",
+            str(jsonl),
+            "--set",
+            "sequencer.loss_timeout_s=1",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def worker_pids() -> list[int]:
+        return [pid for pid in _children(process.pid) if "anonstream: worker" in " ".join(_titles({pid}))]
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / "long.mp4").exists():
+        time.sleep(0.2)
+    time.sleep(1.5)
+    victims = worker_pids()
+    assert len(victims) == 2
+    os.kill(victims[0], signal.SIGKILL)
+    time.sleep(3)
+    assert len(worker_pids()) == 2, "the dead worker was not replaced"
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "died" in stderr and "restarting" in stderr
+    assert "1 worker restart(s)" in stdout
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    recorded = [r for r in records if not r.get("lost")]
+    lost = [r for r in records if r.get("lost")]
+    assert clip.frames - 5 <= len(recorded) + len(lost) <= clip.frames  # the rest: dropped live, and counted
+    assert recorded[0]["index"] == 0
+    raw, _ = decode_video(source)
+    anonymized, _ = decode_video(out / "long.mp4")
+    assert len(anonymized) == len(recorded)
+    for record, after in zip(recorded, anonymized, strict=True):
+        index = record["index"]
+        assert_face_masked(raw[index], after, clip.face_box(index), f"frame {index}")
+
+
+def test_record_process_refuses_raw_frames_sent_to_it(tmp_path: Path) -> None:
+    from anonstream.stream.transport import FrameSender
+    from anonstream.stream.wire import EndOfStream, Flag, FrameHeader, FrameMessage, Stage
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    record = subprocess.Popen(
+        anonstream_cmd("record", "--bind", f"tcp://127.0.0.1:{port}", "--record", str(out), "--expect", "cam"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    raw = np.random.default_rng(3).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    with FrameSender().connect(f"tcp://127.0.0.1:{port}") as sender:
+        for seq in range(3):
+            flags = Flag.NONE if seq == 1 else Flag.ANONYMIZED
+            header = FrameHeader("cam", seq, seq, seq, (1, 30), (30, 1), raw.shape, "uint8", "bgr", flags)
+            header.stamp(Stage.CAPTURED)
+            sender.send(FrameMessage(header, np.zeros_like(raw) if flags else raw))
+        sender.send(EndOfStream("cam", frames=3))
+        stdout, stderr = record.communicate(timeout=60)
+    assert record.returncode == 1, stderr
+    assert "not anonymized; refused" in stderr
+    frames, _ = decode_video(out / "cam.mp4")
+    assert len(frames) == 2 and all(f.max() < 20 for f in frames)
+    # stream, in, out, dropped, lost, skipped, refused
+    assert re.search(r"cam\s+│\s+3\s+│\s+2\s+│\s+0\s+│\s+0\s+│\s+0\s+│\s+1\s+│", stdout), stdout

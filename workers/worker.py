@@ -14,6 +14,8 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+import cv2
+
 from anonstream.config import Settings
 from anonstream.process import Channel, Finished
 from anonstream.stream.transport import FrameReceiver, FrameSender
@@ -43,14 +45,16 @@ class Anonymizer:
             self.masker.apply(pixels, detections)
             flags, boxes = Flag.ANONYMIZED, detections.to_wire()
         except Exception as exc:
-            self.counters["full_masked"] += 1
-            log.error(
-                "%s frame %d: detection failed (%s: %s); sending it fully masked",
-                header.stream,
-                header.seq,
-                type(exc).__name__,
-                exc,
-            )
+            failures = self.counters["full_masked"] = self.counters["full_masked"] + 1
+            if failures <= 10 or failures % 1000 == 0:
+                log.error(
+                    "%s frame %d: detection failed (%s: %s); sending it fully masked (%d so far)",
+                    header.stream,
+                    header.seq,
+                    type(exc).__name__,
+                    exc,
+                    failures,
+                )
             try:
                 pixels = mask_whole_frame(message.pixels)
             except Exception:
@@ -80,6 +84,7 @@ class WorkerStage:
     def serve(self, stop: threading.Event, channel: Channel) -> None:
         cfg = self.settings
         threads = self.threads or cfg.detector.threads or max(1, (os.cpu_count() or 1) // cfg.worker.count)
+        cv2.setNumThreads(threads)  # resizing and masking share the worker's share of the cores
         anonymizer = Anonymizer(FaceDetector(cfg.detector, threads), make_masker(cfg.mask))
         hwm, linger = cfg.transport.frame_hwm, cfg.transport.linger_ms
         with FrameReceiver(hwm, linger) as receiver, FrameSender(hwm, linger) as sender:
