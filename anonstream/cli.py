@@ -18,8 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from anonstream import __version__
 from anonstream.config import Settings, default_config_text, load_settings, parse_assignment
-from anonstream.errors import AnonstreamError, ConfigError
-from anonstream.process import Channel, Failed, Finished, Stage, run_stage
+from anonstream.errors import AnonstreamError, ConfigError, RecorderError
+from anonstream.process import Channel, Failed, Finished, Stage, name_process, run_stage
 
 log = logging.getLogger("anonstream")
 
@@ -268,16 +268,17 @@ def _preflight(settings: Settings) -> None:
     if not model.is_file():
         raise ConfigError(f"model file {model} does not exist")
     jsonl = settings.metrics.jsonl
-    if jsonl is not None and not jsonl.parent.is_dir():
-        raise ConfigError(f"folder for --metrics-jsonl {jsonl} does not exist")
+    if jsonl is not None and (jsonl.is_dir() or not jsonl.parent.is_dir()):
+        raise ConfigError(f"--metrics-jsonl {jsonl}: give a file name in an existing folder")
 
 
 def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool) -> int:
     from anonstream.orchestrator import Pipeline
     from anonstream.report import render
-    from anonstream.stream.sources import stream_ids
+    from anonstream.stream.sources import classify, stream_ids
 
     _preflight(settings)
+    lossless = not settings.capture.realtime and all(classify(s.uri) in ("file", "folder") for s in settings.sources)
     ctx = multiprocessing.get_context("spawn")
     log_queue: Any = ctx.Queue()
     listener = logging.handlers.QueueListener(log_queue, *logging.getLogger().handlers, respect_handler_level=True)
@@ -304,17 +305,26 @@ def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool)
             result = pipeline.run(show)
     finally:
         listener.stop()
-    render(_stdout_console(), result.summary, result.reports, result.worker_restarts)
+    out = _stdout_console()
+    render(out, result.summary, result.reports, result.worker_restarts)
+    if lossless:
+        out.print(
+            "Files are read as fast as the workers take them, so queue time above is back-pressure, not "
+            "live latency; --realtime paces them like a camera.",
+            style="dim",
+        )
     for failure in result.failures:
         console.print(f"[red]{failure.title}: {failure.message}[/red]", highlight=False, soft_wrap=True)
     if result.interrupted:
         log.info("stopped on request; what was recorded until then is complete and playable")
-    refused = result.summary is not None and any(s.refused for s in result.summary.streams)
+    if result.summary is None:
+        return 1
+    refused = any(s.refused for s in result.summary.streams)
     return 1 if refused or result.failures else 0
 
 
 def _run_role(stage: Stage) -> int:
-    setproctitle_role(stage.title)
+    name_process(stage.title)
     stop = threading.Event()
     _on_stop_signals(stop.set)
     channel = Channel(stage.title)
@@ -331,17 +341,16 @@ def _run_role(stage: Stage) -> int:
     return code
 
 
-def setproctitle_role(title: str) -> None:
-    from setproctitle import setproctitle
-
-    setproctitle(f"anonstream: {title}")
-
-
 def _demo(args: argparse.Namespace, overrides: list[dict[str, Any]], console: Console, level: int) -> int:
+    import av
+
     from anonstream.demo import AstronautClip
 
     clip = AstronautClip(frames=90)
-    source = clip.write(args.out / "astronaut.mp4")
+    try:
+        source = clip.write(args.out / "astronaut.mp4")
+    except (OSError, av.FFmpegError) as exc:
+        raise RecorderError(f"cannot write the example clip into {args.out}: {exc}") from None
     console.print(f"example clip: {source} ({clip.frames} frames, {clip.width}x{clip.height})")
     output = args.out / "anonymized"
     overrides = [{"sources": [{"uri": str(source)}], "record": {"dir": str(output)}}, *overrides]

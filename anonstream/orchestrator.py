@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.1
 STOP_TIMEOUT_S = 10.0
+ABORT_TIMEOUT_S = 1.0  # after a second Ctrl-C
 READY_TIMEOUT_S = {"record": 30.0, "worker": 300.0, "capture": 60.0}
 
 Progress = Callable[[list[int], list[int | None]], None]
@@ -173,12 +174,33 @@ class Pipeline:
         except _StopRequested:
             interrupted = True
         finally:
-            self._stop_all()
+            self._stop_all(patience=ABORT_TIMEOUT_S if self._stop_requests > 1 else STOP_TIMEOUT_S)
             shutil.rmtree(rundir, ignore_errors=True)
         reports = [r.finished for r in self._running if r.finished is not None]
         failures = [r.failure for r in self._running if r.failure is not None]
+        failures += [
+            Failed(r.stage.title, f"exited with status {r.process.exitcode}")
+            for r in self._running
+            if r.failure is None and r.process.exitcode not in (0, None)
+        ]
         summary = next((f.summary for f in reports if f.summary is not None), None)
+        if summary is not None:
+            summary = self._reconcile(summary)
         return PipelineResult(summary, reports, failures, self.worker_restarts, interrupted)
+
+    def _reconcile(self, summary: RunSummary) -> RunSummary:
+        """Frames a capture sent whose end of stream never arrived still count, as lost."""
+        sent = {
+            r.stage.stream_id: r.finished.counters
+            for r in self._running
+            if isinstance(r.stage, CaptureStage) and r.finished is not None
+        }
+        return RunSummary(
+            [
+                s.with_capture_counts(sent[s.stream]["sent"], sent[s.stream]["dropped"]) if s.stream in sent else s
+                for s in summary.streams
+            ]
+        )
 
     def _supervise(
         self,
@@ -239,17 +261,21 @@ class Pipeline:
         worker.conn.close()
         return self._start(worker.stage)
 
-    def _stop_all(self) -> None:
+    def _stop_all(self, patience: float) -> None:
         """Stop in reverse start order: captures, workers, then the record process finalizes."""
         for role in ("capture", "worker", "record"):
             group = [r for r in self._running if r.stage.role == role]
             for running in group:
                 if running.process.is_alive():
                     running.process.terminate()
+            # A capture may still be handing its last frames over (capture.linger_s).
+            wait = patience + (self.settings.capture.linger_s if role == "capture" and patience > 1 else 0)
+            deadline = time.monotonic() + wait
             for running in group:
-                running.process.join(STOP_TIMEOUT_S)
+                running.process.join(max(0.0, deadline - time.monotonic()))
                 if running.process.is_alive():
-                    log.error("%s did not stop in %.0f s; killed", running.stage.title, STOP_TIMEOUT_S)
+                    log.error("%s did not stop in %.0f s; killed", running.stage.title, wait)
                     running.process.kill()
                     running.process.join()
+                    running.events.append(Failed(running.stage.title, f"did not stop in {wait:.0f} s; killed"))
                 running.poll()

@@ -72,7 +72,7 @@ class Channel:
         if self._conn is not None:
             try:
                 self._conn.send(event)
-            except (BrokenPipeError, OSError):
+            except OSError:
                 log.debug("%s: parent no longer listening", self.title)
 
     def ready(self, detail: str = "", total: int | None = None) -> None:
@@ -96,6 +96,12 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+
+
+def name_process(title: str) -> None:
+    """What `ps` and `top` show, and what log lines from this process are prefixed with."""
+    setproctitle(f"anonstream: {title}")
+    multiprocessing.current_process().name = title
 
 
 def run_stage(stage: Stage, stop: threading.Event, channel: Channel) -> int:
@@ -123,7 +129,7 @@ class StageProcess(multiprocessing.context.SpawnProcess):
         self._log_level = log_level
 
     def run(self) -> None:
-        setproctitle(f"anonstream: {self.stage.title}")
+        name_process(self.stage.title)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, signal.SIG_IGN)

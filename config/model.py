@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from anonstream.stream.wire import STREAM_ID
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -21,7 +23,7 @@ class SourceSpec(_Section):
     """One input: a video file, an image folder, a webcam or an RTSP URL."""
 
     uri: str = Field(min_length=1)
-    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    id: str | None = Field(default=None, pattern=f"^{STREAM_ID.pattern}$")
 
 
 class CaptureConfig(_Section):
@@ -29,6 +31,7 @@ class CaptureConfig(_Section):
     folder_fps: float = Field(default=30.0, gt=0, le=1000)
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
     open_timeout_s: float = Field(default=10.0, gt=0)
+    linger_s: float = Field(default=30.0, ge=0)
     bind: str = "tcp://*:5555"
 
 

@@ -38,7 +38,8 @@ class CaptureStage:
         cfg = self.settings
         with (
             open_source(self.spec, self.stream_id, cfg.capture) as source,
-            FrameSender(cfg.transport.frame_hwm, cfg.transport.linger_ms).bind(self.endpoint) as sender,
+            # Closing waits (up to linger_s) until the workers have taken every queued frame and the end of stream.
+            FrameSender(cfg.transport.frame_hwm, round(cfg.capture.linger_s * 1000)).bind(self.endpoint) as sender,
         ):
             info = source.info
             live = info.live or cfg.capture.realtime
@@ -95,15 +96,10 @@ class CaptureStage:
                 else:
                     dropped += 1
             end = EndOfStream(self.stream_id, frames=seq, dropped=dropped, skipped=source.skipped, reason=reason)
-            if not sender.send(end, _deadline(cfg.transport.linger_ms)):
+            if not sender.send(end, _deadline(round(cfg.capture.linger_s * 1000))):
                 log.warning("%s: end of stream could not be delivered", self.stream_id)
             log.info(
-                "%s: %s after %d frames sent, %d dropped, %d undecodable",
-                self.stream_id,
-                reason,
-                seq,
-                dropped,
-                source.skipped,
+                "end of stream (%s): %d frames sent, %d dropped, %d undecodable", reason, seq, dropped, source.skipped
             )
             if failure is not None:
                 raise failure

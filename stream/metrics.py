@@ -7,6 +7,7 @@ in / out / dropped / lost and p50 / p95 / p99 per stage and end to end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import IO, Self
 
 import numpy as np
 
+from anonstream.errors import RecorderError
 from anonstream.stream.sequencer import Lost
 from anonstream.stream.wire import EndOfStream, Flag, FrameHeader, Stage
 
@@ -45,6 +47,13 @@ class StreamSummary:
     fps: float
     # label -> (p50, p95, p99) in milliseconds
     latency_ms: dict[str, tuple[float, float, float]]
+
+    def with_capture_counts(self, sent: int, dropped: int) -> StreamSummary:
+        """Correct the counts with what the capture reported, should its end of stream have been lost."""
+        missing = sent + dropped - self.frames_in
+        if missing <= 0:
+            return self
+        return dataclasses.replace(self, frames_in=sent + dropped, dropped=dropped, lost=self.lost + missing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +109,13 @@ class StreamMetrics:
 
 
 class FrameLog:
-    """``--metrics-jsonl``: one JSON record per recorded or lost frame."""
+    """``--metrics-jsonl``: one JSON record per recorded frame, one per run of lost frames."""
 
     def __init__(self, path: Path | None) -> None:
-        self._file: IO[str] | None = path.open("w", encoding="utf-8") if path else None
+        try:
+            self._file: IO[str] | None = path.open("w", encoding="utf-8") if path else None
+        except OSError as exc:
+            raise RecorderError(f"cannot write metrics to {path}: {exc.strerror}") from None
 
     def frame(self, header: FrameHeader) -> None:
         if self._file is None:
@@ -124,8 +136,8 @@ class FrameLog:
     def lost(self, gap: Lost) -> None:
         if self._file is None:
             return
-        for seq in range(gap.first_seq, gap.first_seq + gap.count):
-            self._file.write(json.dumps({"stream": gap.stream, "seq": seq, "lost": True}) + "\n")
+        record = {"stream": gap.stream, "seq": gap.first_seq, "lost": gap.count}
+        self._file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         if self._file is not None:

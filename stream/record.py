@@ -20,7 +20,7 @@ from anonstream.stream.metrics import FrameLog, RunSummary, StreamMetrics
 from anonstream.stream.recorders import Recorder, ensure_output_dir, make_recorder
 from anonstream.stream.sequencer import Ended, Lost, Released, Sequencer
 from anonstream.stream.transport import FrameReceiver
-from anonstream.stream.wire import FrameMessage, Stage
+from anonstream.stream.wire import EndOfStream, FrameMessage, Message, Stage
 
 if TYPE_CHECKING:
     from multiprocessing.sharedctypes import SynchronizedArray
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECEIVE_MS = 50
+MAX_STREAMS = 256  # streams a record process without --expect accepts
 
 
 @dataclass(frozen=True)
@@ -50,18 +51,35 @@ class RecordStage:
         recorders: dict[str, Recorder] = {}
         metrics: dict[str, StreamMetrics] = {name: StreamMetrics(name) for name in self.expect}
         ended: set[str] = set()
+        counters = {"rejected": 0}
+
+        def stats(stream: str) -> StreamMetrics:
+            if stream not in metrics:
+                metrics[stream] = StreamMetrics(stream)
+            return metrics[stream]
+
+        def admitted(message: Message) -> bool:
+            """Frames of streams nobody expects are rejected: a stray sender cannot grow state without bound."""
+            stream = message.stream if isinstance(message, EndOfStream) else message.header.stream
+            known = stream in metrics
+            if known or (not self.expect and len(metrics) < MAX_STREAMS):
+                return True
+            counters["rejected"] += 1
+            if counters["rejected"] <= 10:
+                log.warning("rejected a message for unexpected stream %r", stream)
+            return False
 
         def handle(events: list[Released], frame_log: FrameLog) -> None:
             for event in events:
                 if isinstance(event, FrameMessage):
-                    self._record(event, recorders, metrics, frame_log)
+                    self._record(event, recorders, stats(event.header.stream), frame_log, counters)
                 elif isinstance(event, Lost):
-                    metrics.setdefault(event.stream, StreamMetrics(event.stream)).lost += event.count
+                    stats(event.stream).lost += event.count
                     frame_log.lost(event)
                     log.warning("%s: %d frame(s) lost from seq %d", event.stream, event.count, event.first_seq)
                 elif isinstance(event, Ended):
                     ended.add(event.stream)
-                    metrics.setdefault(event.stream, StreamMetrics(event.stream)).end = event.end
+                    stats(event.stream).end = event.end
                     if event.stream in recorders:
                         recorders.pop(event.stream).close()
 
@@ -72,7 +90,7 @@ class RecordStage:
                 while not stop.is_set() and not (self.expect and ended.issuperset(self.expect)):
                     message = receiver.receive(RECEIVE_MS)
                     now = time.monotonic()
-                    events = sequencer.push(message, now) if message is not None else []
+                    events = sequencer.push(message, now) if message is not None and admitted(message) else []
                     handle(events + sequencer.poll(now), frame_log)
                 handle(sequencer.flush(), frame_log)
             finally:
@@ -80,25 +98,30 @@ class RecordStage:
                     recorder.close()
         summary = RunSummary([m.summary() for m in metrics.values()])
         late = sum(sequencer.late.values())
-        channel.send(Finished(self.title, {"rejected": receiver.rejected, "late": late}, summary))
+        rejected = receiver.rejected + counters["rejected"]
+        channel.send(Finished(self.title, {"rejected": rejected, "late": late}, summary))
 
     def _record(
         self,
         message: FrameMessage,
         recorders: dict[str, Recorder],
-        metrics: dict[str, StreamMetrics],
+        stats: StreamMetrics,
         frame_log: FrameLog,
+        counters: dict[str, int],
     ) -> None:
         header = message.header
         header.stamp(Stage.SEQUENCED)
-        stats = metrics.setdefault(header.stream, StreamMetrics(header.stream))
         recorder = recorders.get(header.stream)
         if recorder is None:
             recorder = recorders[header.stream] = make_recorder(header.stream, header, self.settings.record)
         try:
             recorder.write(message)
-        except (NotAnonymizedError, WireError) as exc:
+        except NotAnonymizedError as exc:
             stats.refused += 1
+            log.error("%s", exc)
+            return
+        except WireError as exc:
+            counters["rejected"] += 1
             log.error("%s", exc)
             return
         header.stamp(Stage.RECORDED)

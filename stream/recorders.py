@@ -16,11 +16,10 @@ from typing import Self
 
 import av
 import cv2
-import numpy as np
 
 from anonstream.config import RecordConfig
 from anonstream.errors import NotAnonymizedError, RecorderError, WireError
-from anonstream.stream.wire import Flag, FrameHeader, FrameMessage
+from anonstream.stream.wire import Flag, FrameHeader, FrameMessage, to_bgr8
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +55,6 @@ class NullRecorder(Recorder):
 
     def _write(self, message: FrameMessage) -> None:
         pass
-
-
-def _to_bgr8(pixels: np.ndarray) -> np.ndarray:
-    if pixels.dtype == np.uint16:
-        pixels = (pixels >> 8).astype(np.uint8)
-    elif pixels.dtype != np.uint8:
-        pixels = (np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)
-    if pixels.ndim == 2:
-        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
-    if pixels.shape[2] == 4:
-        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
-    return pixels
 
 
 class Mp4Recorder(Recorder):
@@ -115,7 +102,7 @@ class Mp4Recorder(Recorder):
         self.paths.append(path)
 
     def _write(self, message: FrameMessage) -> None:
-        header, pixels = message.header, _to_bgr8(message.pixels)
+        header, pixels = message.header, to_bgr8(message.pixels)
         height, width = pixels.shape[:2]
         if self._container is None or (height, width) != self._shape:
             self._open(header, height, width)

@@ -24,10 +24,10 @@ import numpy as np
 
 from anonstream.config import CaptureConfig, SourceSpec
 from anonstream.errors import SourceError
+from anonstream.stream.wire import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 LIVE_TIME_BASE = Fraction(1, 1000)  # live sources are stamped in milliseconds since their first frame
 
@@ -59,10 +59,13 @@ def classify(uri: str) -> SourceKind:
     if uri.isdigit() or uri.startswith("/dev/video"):
         return "webcam"
     path = Path(uri)
-    if path.is_dir():
-        return "folder"
-    if path.is_file():
-        return "file"
+    try:
+        if path.is_dir():
+            return "folder"
+        if path.is_file():
+            return "file"
+    except OSError as exc:  # a name too long, a loop of links...
+        raise SourceError(f"source {uri[:200]!r} cannot be used: {exc.strerror}") from None
     raise SourceError(
         f"source {uri!r} does not exist (give a video file, an image folder, a webcam such as 0, or an rtsp:// URL)"
     )

@@ -108,8 +108,8 @@ class FrameReceiver(_Socket):
         parts = self.socket.recv_multipart(copy=False)
         try:
             return decode(parts)
-        except WireError as exc:
+        except Exception as exc:  # WireError, or whatever else a hostile message provokes: counted, never fatal
             self.rejected += 1
             if self.rejected <= 10 or self.rejected % 1000 == 0:
-                log.warning("rejected malformed message #%d: %s", self.rejected, exc)
+                log.warning("rejected malformed message #%d: %s: %s", self.rejected, type(exc).__name__, exc)
             return None

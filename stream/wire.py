@@ -9,7 +9,7 @@ Header keys (msgpack map; no other keys are accepted):
 
     v        int    wire version, WIRE_VERSION
     kind     int    Kind.FRAME or Kind.END
-    stream   str    stream id
+    stream   str    stream id: letters, digits, '.', '_', '-', at most 64, not starting with '.', '_', '-'
     --- frames only ---
     seq      int    0, 1, 2... per stream, over the frames the capture sent
     index    int    frame number in the source (gaps: frames dropped before sending)
@@ -21,7 +21,7 @@ Header keys (msgpack map; no other keys are accepted):
     pixfmt   str    one of PIXEL_FORMATS
     flags    int    Flag bits
     stamps   [int]  one wall-clock time in ns per Stage, 0 where not reached
-    name     str    file name relative to an image-folder source, else ""
+    name     str    image file name relative to its source folder (no '..', no absolute path), else ""
     dropped  int    frames this stream has dropped before sending, so far
     boxes    [[x1,y1,x2,y2,score]]  regions the worker masked
     --- end of stream only ---
@@ -32,11 +32,14 @@ Header keys (msgpack map; no other keys are accepted):
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
+from pathlib import PurePosixPath
 from typing import Any
 
+import cv2
 import msgpack
 import numpy as np
 
@@ -47,7 +50,11 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_SIDE = 16384
 MAX_BOXES = 4096
 
-DTYPES = frozenset({"uint8", "uint16", "float32"})
+MAX_STAMP = 2**62
+STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # also a safe file name
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+DTYPES = frozenset({"uint8", "uint16", "float32"})  # float32 pixels are in [0, 1]
 # pixel format -> channels (0: a 2-D array)
 PIXEL_FORMATS = {"bgr": 3, "gray": 0, "bgra": 4}
 
@@ -204,16 +211,39 @@ def _str(head: dict[str, Any], key: str, limit: int = 4096) -> str:
     return value
 
 
-def _fraction(head: dict[str, Any], key: str) -> tuple[int, int]:
+def _fraction(head: dict[str, Any], key: str, low: float, high: float) -> tuple[int, int]:
     value = head[key]
     if (
         not isinstance(value, list)
         or len(value) != 2
         or any(type(v) is not int for v in value)
-        or not (0 <= value[0] < 2**31 and 0 < value[1] < 2**31)
+        or not (0 < value[0] < 2**31 and 0 < value[1] < 2**31)
+        or not low <= value[0] / value[1] <= high
     ):
-        raise WireError(f"header field {key!r} must be [numerator, denominator], got {value!r}")
+        raise WireError(f"header field {key!r} must be [numerator, denominator] within [{low}, {high}], got {value!r}")
     return value[0], value[1]
+
+
+def _stream(head: dict[str, Any]) -> str:
+    value = head["stream"]
+    if not isinstance(value, str) or not STREAM_ID.fullmatch(value):
+        raise WireError(f"invalid stream id {value!r}")
+    return value
+
+
+def _name(head: dict[str, Any]) -> str:
+    value = _str(head, "name")
+    if value:
+        path = PurePosixPath(value)
+        if (
+            "\0" in value
+            or "\\" in value
+            or path.is_absolute()
+            or ".." in path.parts
+            or path.suffix.lower() not in IMAGE_SUFFIXES
+        ):
+            raise WireError(f"unsafe or unsupported image name {value[:100]!r}")
+    return value
 
 
 def _unpack_header(raw: bytes) -> dict[str, Any]:
@@ -239,13 +269,16 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
     """
     if not parts or len(parts) > 2:
         raise WireError(f"expected 1 or 2 message parts, got {len(parts)}")
-    head = _unpack_header(bytes(_buffer(parts[0])))
+    first = _buffer(parts[0])
+    if first.nbytes > MAX_HEADER_BYTES:
+        raise WireError(f"header of {first.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
+    head = _unpack_header(bytes(first))
     kind = head.get("kind")
     if kind == Kind.END:
         if len(parts) != 1 or set(head) != _END_KEYS:
             raise WireError("malformed end-of-stream message")
         return EndOfStream(
-            stream=_str(head, "stream", 64),
+            stream=_stream(head),
             frames=_int(head, "frames"),
             dropped=_int(head, "dropped"),
             skipped=_int(head, "skipped"),
@@ -268,7 +301,8 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
     if (
         not isinstance(shape_raw, list)
         or len(shape_raw) != (2 if channels == 0 else 3)
-        or any(type(d) is not int or not 1 <= d <= MAX_SIDE for d in shape_raw[:2])
+        or any(type(d) is not int for d in shape_raw)
+        or any(not 1 <= d <= MAX_SIDE for d in shape_raw[:2])
         or (channels and shape_raw[2] != channels)
     ):
         raise WireError(f"shape {shape_raw!r} does not fit pixel format {pixfmt!r}")
@@ -278,8 +312,12 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
     if buffer.nbytes != expected:
         raise WireError(f"pixel buffer has {buffer.nbytes} bytes, header declares {expected}")
     stamps = head["stamps"]
-    if not isinstance(stamps, list) or len(stamps) != len(Stage) or any(type(s) is not int for s in stamps):
-        raise WireError("header field 'stamps' must hold one integer per stage")
+    if (
+        not isinstance(stamps, list)
+        or len(stamps) != len(Stage)
+        or any(type(s) is not int or not 0 <= s <= MAX_STAMP for s in stamps)
+    ):
+        raise WireError("header field 'stamps' must hold one non-negative integer (ns) per stage")
     boxes_raw = head["boxes"]
     if not isinstance(boxes_raw, list) or len(boxes_raw) > MAX_BOXES:
         raise WireError("header field 'boxes' must be a list of at most 4096 boxes")
@@ -290,33 +328,51 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
         boxes.append((float(box[0]), float(box[1]), float(box[2]), float(box[3]), float(box[4])))
     flags = _int(head, "flags", 0, int(Flag.ANONYMIZED | Flag.FULL_MASK))
     header = FrameHeader(
-        stream=_str(head, "stream", 64),
+        stream=_stream(head),
         seq=_int(head, "seq"),
         index=_int(head, "index"),
         pts=_int(head, "pts", -(2**62), 2**62),
-        time_base=_fraction(head, "tb"),
-        rate=_fraction(head, "rate"),
+        time_base=_fraction(head, "tb", 1e-9, 1.0),
+        rate=_fraction(head, "rate", 1e-3, 1e4),
         shape=shape,
         dtype=dtype,
         pixfmt=pixfmt,
         flags=Flag(flags),
         stamps=stamps,
-        name=_str(head, "name"),
+        name=_name(head),
         dropped=_int(head, "dropped"),
         boxes=boxes,
     )
-    if header.time_base[0] == 0:
-        raise WireError("time base must be positive")
     pixels = np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape)
     return FrameMessage(header, pixels)
 
 
 def _buffer(part: Any) -> memoryview:
-    if isinstance(part, (bytes, bytearray)):
-        return memoryview(part)
-    if isinstance(part, memoryview):
-        return part.cast("B") if part.format != "B" or part.ndim != 1 else part
-    buffer = getattr(part, "buffer", None)  # zmq.Frame
-    if isinstance(buffer, memoryview):
-        return buffer.cast("B") if buffer.format != "B" or buffer.ndim != 1 else buffer
-    raise WireError(f"unsupported message part type {type(part).__name__}")
+    """A flat byte view of a message part: bytes, a memoryview, or a zmq.Frame's buffer."""
+    view = getattr(part, "buffer", part)
+    if not isinstance(view, (bytes, bytearray, memoryview)):
+        raise WireError(f"unsupported message part type {type(part).__name__}")
+    view = memoryview(view)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def to_bgr8(pixels: np.ndarray, stretch: bool = False) -> np.ndarray:
+    """Any frame the wire carries as 8-bit BGR.
+
+    ``stretch`` maps each frame's own range onto 0..255 for detection, so a
+    face in 12-bit data stored as uint16, or in float pixels outside [0, 1],
+    is as visible to the detector as it is in the recorded file.
+    """
+    if pixels.dtype != np.uint8:
+        values = pixels.astype(np.float32)
+        if stretch:
+            low, high = float(values.min()), float(values.max())
+            values = (values - low) * (255.0 / max(high - low, 1e-6))
+        else:
+            values = values / 257.0 if pixels.dtype == np.uint16 else values * 255.0
+        pixels = np.clip(values, 0, 255).astype(np.uint8)
+    if pixels.ndim == 2:
+        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    if pixels.shape[2] == 4:
+        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
+    return pixels

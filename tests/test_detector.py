@@ -132,3 +132,49 @@ def test_model_with_wrong_outputs_fails_at_detection(tmp_path: Path) -> None:
     detector = FaceDetector(DetectorConfig(model=broken_model(tmp_path / "broken.onnx"), device="cpu"))
     with pytest.raises(ModelError, match="do not match"):
         detector.detect(astronaut_bgr())
+
+
+def nan_model(path: Path) -> Path:
+    """CenterFace's interface, but every output is NaN: the failure a bad FP16 engine can produce."""
+    x = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["n", 3, "h", "w"])
+    outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("heat", "scale", "offset")]
+    consts = [
+        helper.make_tensor(name, TensorProto.INT64, [1], [value])
+        for name, value in (("zero", 0), ("one", 1), ("two", 2), ("axis", 1))
+    ]
+    nodes = [
+        helper.make_node("AveragePool", ["input.1"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]),
+        helper.make_node("Sub", ["pooled", "pooled"], ["zeros"]),
+        helper.make_node("Div", ["zeros", "zeros"], ["nan"]),
+        helper.make_node("Slice", ["nan", "zero", "one", "axis"], ["heat"]),
+        helper.make_node("Slice", ["nan", "zero", "two", "axis"], ["scale"]),
+        helper.make_node("Slice", ["nan", "zero", "two", "axis"], ["offset"]),
+    ]
+    graph = helper.make_graph(nodes, "nan", [x], outs, initializer=consts)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def test_non_finite_model_output_is_an_error_not_no_faces(tmp_path: Path) -> None:
+    detector = FaceDetector(DetectorConfig(model=nan_model(tmp_path / "nan.onnx"), device="cpu"))
+    with pytest.raises(ModelError, match="non-finite"):
+        detector.detect(astronaut_bgr())
+
+
+def test_worker_masks_the_whole_frame_when_the_model_fails(tmp_path: Path) -> None:
+    from anonstream.config import MaskConfig
+    from anonstream.stream.wire import Flag, FrameHeader, FrameMessage
+    from anonstream.workers.masking import make_masker
+    from anonstream.workers.worker import Anonymizer
+
+    anonymizer = Anonymizer(
+        FaceDetector(DetectorConfig(model=nan_model(tmp_path / "nan.onnx"), device="cpu")), make_masker(MaskConfig())
+    )
+    photo = astronaut_bgr()
+    header = FrameHeader("s", 0, 0, 0, (1, 30), (30, 1), photo.shape, "uint8", "bgr")
+    out = anonymizer.process(FrameMessage(header, photo.copy()))
+    assert out is not None
+    assert out.header.flags == Flag.ANONYMIZED | Flag.FULL_MASK
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    assert np.abs(out.pixels[y1:y2, x1:x2].astype(int) - photo[y1:y2, x1:x2].astype(int)).mean() > 10
+    assert anonymizer.counters["full_masked"] == 1

@@ -129,3 +129,19 @@ def test_detections_validate_their_input() -> None:
         Detections(np.array([[0, 0, np.nan, 1]], np.float32), np.array([1.0], np.float32))
     with pytest.raises(ValueError):
         Detections(np.zeros((2, 4), np.float32), np.zeros(1, np.float32))
+
+
+def test_absurdly_large_boxes_cover_the_frame_instead_of_vanishing() -> None:
+    image = noise((40, 60, 3))
+    make_masker(MaskConfig(mode="solid", scale=1.0)).apply(image, dets((-1e30, -1e30, 1e30, 1e30)))
+    assert (image == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (7, 9), (16, 16, 3), (17, 40, 4)])
+def test_whole_frame_mask_handles_tiny_frames(shape: tuple[int, ...]) -> None:
+    image = noise(shape)
+    hidden = mask_whole_frame(image)
+    assert hidden.shape == image.shape and hidden.dtype == image.dtype
+    if shape[:2] != (1, 1):
+        assert not np.array_equal(hidden, image)
+        assert len(np.unique(hidden.reshape(-1, shape[2] if len(shape) == 3 else 1), axis=0)) <= WHOLE_FRAME_BLOCKS**2

@@ -57,11 +57,11 @@ class Detections:
         """Integer boxes clipped to the frame, rounded outwards; empty ones removed."""
         if not len(self):
             return np.zeros((0, 4), np.int64)
+        limits = np.array([width, height, width, height], np.float32)
+        clipped = self.boxes.clip(0, limits)  # before the integer cast, so huge values cannot overflow
         out = np.empty((len(self), 4), np.int64)
-        out[:, :2] = np.floor(self.boxes[:, :2])
-        out[:, 2:] = np.ceil(self.boxes[:, 2:])
-        out[:, 0::2] = out[:, 0::2].clip(0, width)
-        out[:, 1::2] = out[:, 1::2].clip(0, height)
+        out[:, :2] = np.floor(clipped[:, :2])
+        out[:, 2:] = np.ceil(clipped[:, 2:])
         keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
         return out[keep]
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from anonstream.config import DetectorConfig
 from anonstream.errors import ModelError
+from anonstream.stream.wire import to_bgr8
 from anonstream.workers.detections import Detections
 from anonstream.workers.runtime import create_session, load_model
 
@@ -28,19 +29,6 @@ def input_size(height: int, width: int, max_side: int) -> tuple[int, int]:
         max(ALIGN, math.ceil(height * scale / ALIGN) * ALIGN),
         max(ALIGN, math.ceil(width * scale / ALIGN) * ALIGN),
     )
-
-
-def as_bgr8(image: np.ndarray) -> np.ndarray:
-    """Any frame the wire carries, as 8-bit BGR for the detector (masking uses the original)."""
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    return image
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -101,7 +89,7 @@ class FaceDetector:
 
     def detect(self, image: np.ndarray) -> Detections:
         """Faces in one frame, in frame pixels."""
-        frame = as_bgr8(image)
+        frame = to_bgr8(image, stretch=True)
         height, width = frame.shape[:2]
         in_h, in_w = input_size(height, width, self.config.max_side)
         blob = cv2.dnn.blobFromImage(frame, 1.0, (in_w, in_h), (0, 0, 0), swapRB=True, crop=False)
@@ -112,6 +100,9 @@ class FaceDetector:
                 f"model output shapes {heatmap.shape}, {scale.shape}, {offset.shape} do not "
                 f"match CenterFace's (1 and 2 channels at {expected})"
             )
+        if not (np.isfinite(heatmap).all() and np.isfinite(scale).all() and np.isfinite(offset).all()):
+            # A NaN heatmap would compare below every threshold and pass as "no face".
+            raise ModelError("model produced non-finite output")
         found = decode(heatmap[0], scale[0], offset[0], self.config.threshold, self.config.nms_iou)
         factors = np.array([width / in_w, height / in_h] * 2, dtype=np.float32)
         return Detections(found.boxes * factors, found.scores)

@@ -16,7 +16,7 @@ import numpy as np
 from anonstream.config import MaskConfig
 from anonstream.workers.detections import Detections
 
-WHOLE_FRAME_BLOCKS = 16  # samples across the longest side when a whole frame must be hidden
+WHOLE_FRAME_BLOCKS = 8  # samples across the longest side when a whole frame must be hidden: no more than a face keeps
 
 
 def _downsampled(region: np.ndarray, blocks: int) -> np.ndarray:
@@ -88,5 +88,7 @@ def make_masker(config: MaskConfig) -> Masker:
 def mask_whole_frame(image: np.ndarray) -> np.ndarray:
     """A new, fully pixelated copy of the frame: what goes out when detection fails."""
     height, width = image.shape[:2]
+    if max(height, width) <= 2 * WHOLE_FRAME_BLOCKS:  # too small to pixelate: one colour
+        return np.broadcast_to(image.mean(axis=(0, 1)).astype(image.dtype), image.shape).copy()
     small = _downsampled(image, WHOLE_FRAME_BLOCKS)
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST).reshape(image.shape)
