@@ -11,11 +11,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 import numpy as np
 
+from anonstream.closing import Closing
 from anonstream.errors import RecorderError
 from anonstream.stream.sequencer import Lost
 from anonstream.stream.wire import EndOfStream, Flag, FrameHeader, Stage
@@ -108,7 +108,7 @@ class StreamMetrics:
         )
 
 
-class FrameLog:
+class FrameLog(Closing):
     """``--metrics-jsonl``: one JSON record per recorded frame, one per run of lost frames."""
 
     def __init__(self, path: Path | None) -> None:
@@ -142,11 +142,3 @@ class FrameLog:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -11,12 +11,11 @@ import os
 from abc import ABC, abstractmethod
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
-from types import TracebackType
-from typing import Self
 
 import av
 import cv2
 
+from anonstream.closing import Closing
 from anonstream.config import RecordConfig
 from anonstream.errors import NotAnonymizedError, RecorderError, WireError
 from anonstream.stream.wire import Flag, FrameHeader, FrameMessage, to_bgr8
@@ -24,7 +23,7 @@ from anonstream.stream.wire import Flag, FrameHeader, FrameMessage, to_bgr8
 log = logging.getLogger(__name__)
 
 
-class Recorder(ABC):
+class Recorder(Closing, ABC):
     def __init__(self, stream: str) -> None:
         self.stream = stream
         self.written = 0
@@ -37,17 +36,6 @@ class Recorder(ABC):
 
     @abstractmethod
     def _write(self, message: FrameMessage) -> None: ...
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class NullRecorder(Recorder):

@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 import av
 import cv2
 import numpy as np
 
+from anonstream.closing import Closing
 from anonstream.config import CaptureConfig, SourceSpec
 from anonstream.errors import SourceError
 from anonstream.stream.wire import IMAGE_SUFFIXES
@@ -99,7 +99,7 @@ def stream_ids(specs: list[SourceSpec]) -> list[str]:
     return ids
 
 
-class Source:
+class Source(Closing):
     """Base class; subclasses fill ``info`` on open and implement ``frames``."""
 
     info: SourceInfo
@@ -107,17 +107,6 @@ class Source:
 
     def frames(self) -> Iterator[SourceFrame]:
         raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class VideoSource(Source):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from types import TracebackType
 from typing import Self
 
 import zmq
 
+from anonstream.closing import Closing
 from anonstream.errors import WireError
 from anonstream.stream.wire import Message, decode, encode
 
@@ -26,7 +26,7 @@ MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # a larger message is refused by libzmq b
 POLL_MS = 100  # how often blocking loops look at their stop flag
 
 
-class _Socket:
+class _Socket(Closing):
     def __init__(self, kind: int, hwm: int, linger_ms: int) -> None:
         self._context = zmq.Context()
         self.socket: zmq.Socket[bytes] = self._context.socket(kind)
@@ -56,14 +56,6 @@ class _Socket:
     def close(self) -> None:
         self.socket.close()
         self._context.term()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class FrameSender(_Socket):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,6 +32,13 @@ def decode_video(path: Path) -> tuple[list[np.ndarray], float]:
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="bgr24") for f in container.decode(stream)]
         return frames, float(stream.average_rate or 0)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def anonstream_cmd(*args: str) -> list[str]:

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 from anonstream.demo import AstronautClip
-from tests.conftest import anonstream_cmd, decode_video, run_cli
+from tests.conftest import anonstream_cmd, decode_video, free_port, run_cli
 from tests.test_detector import broken_model
 
 
@@ -187,11 +186,6 @@ def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, si
 
 
 def test_each_role_runs_on_its_own_over_tcp(clip: AstronautClip, clip_path: Path, tmp_path: Path) -> None:
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
     cap, rec = free_port(), free_port()
     out = tmp_path / "out"
     record = subprocess.Popen(
@@ -346,9 +340,7 @@ def test_record_process_refuses_raw_frames_sent_to_it(tmp_path: Path) -> None:
     from anonstream.stream.transport import FrameSender
     from anonstream.stream.wire import EndOfStream, Flag, FrameHeader, FrameMessage, Stage
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "out"
     record = subprocess.Popen(
         anonstream_cmd("record", "--bind", f"tcp://127.0.0.1:{port}", "--record", str(out), "--expect", "cam"),
