@@ -174,7 +174,7 @@ class Pipeline:
         except _StopRequested:
             interrupted = True
         finally:
-            self._stop_all(patience=ABORT_TIMEOUT_S if self._stop_requests > 1 else STOP_TIMEOUT_S)
+            self._stop_all(abort=self._stop_requests > 1)
             shutil.rmtree(rundir, ignore_errors=True)
         reports = [r.finished for r in self._running if r.finished is not None]
         failures = [r.failure for r in self._running if r.failure is not None]
@@ -261,15 +261,21 @@ class Pipeline:
         worker.conn.close()
         return self._start(worker.stage)
 
-    def _stop_all(self, patience: float) -> None:
-        """Stop in reverse start order: captures, workers, then the record process finalizes."""
+    def _stop_all(self, abort: bool) -> None:
+        """Stop in reverse start order: captures, workers, then the record process finalizes.
+
+        Aborting (a second Ctrl-C) gives each group ABORT_TIMEOUT_S; otherwise STOP_TIMEOUT_S, and
+        captures also get capture.linger_s to hand their last frames over.
+        """
         for role in ("capture", "worker", "record"):
             group = [r for r in self._running if r.stage.role == role]
             for running in group:
                 if running.process.is_alive():
                     running.process.terminate()
-            # A capture may still be handing its last frames over (capture.linger_s).
-            wait = patience + (self.settings.capture.linger_s if role == "capture" and patience > 1 else 0)
+            if abort:
+                wait = ABORT_TIMEOUT_S
+            else:
+                wait = STOP_TIMEOUT_S + (self.settings.capture.linger_s if role == "capture" else 0)
             deadline = time.monotonic() + wait
             for running in group:
                 running.process.join(max(0.0, deadline - time.monotonic()))

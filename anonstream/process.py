@@ -98,6 +98,11 @@ def _die_with_parent() -> None:
         log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
 
 
+def log_sampled(count: int) -> bool:
+    """Whether the count-th occurrence of a repeated failure is logged: the first ten, then every thousandth."""
+    return count <= 10 or count % 1000 == 0
+
+
 def name_process(title: str) -> None:
     """What `ps` and `top` show, and what log lines from this process are prefixed with."""
     setproctitle(f"anonstream: {title}")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from anonstream.config import Settings
 from anonstream.errors import NotAnonymizedError, WireError
-from anonstream.process import Channel, Finished
+from anonstream.process import Channel, Finished, log_sampled
 from anonstream.stream.metrics import FrameLog, RunSummary, StreamMetrics
 from anonstream.stream.recorders import Recorder, ensure_output_dir, make_recorder
 from anonstream.stream.sequencer import Ended, Lost, Released, Sequencer
@@ -61,11 +61,11 @@ class RecordStage:
         def admitted(message: Message) -> bool:
             """Frames of streams nobody expects are rejected: a stray sender cannot grow state without bound."""
             stream = message.stream if isinstance(message, EndOfStream) else message.header.stream
-            known = stream in metrics
-            if known or (not self.expect and len(metrics) < MAX_STREAMS):
+            if stream in metrics or (not self.expect and len(metrics) < MAX_STREAMS):
+                stats(stream)  # counted towards MAX_STREAMS from its first message, even while its frames wait
                 return True
             counters["rejected"] += 1
-            if counters["rejected"] <= 10:
+            if log_sampled(counters["rejected"]):
                 log.warning("rejected a message for unexpected stream %r", stream)
             return False
 

@@ -16,6 +16,7 @@ import zmq
 
 from anonstream.closing import Closing
 from anonstream.errors import WireError
+from anonstream.process import log_sampled
 from anonstream.stream.wire import Message, decode, encode
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,6 @@ class FrameReceiver(_Socket):
             return decode(parts)
         except Exception as exc:  # WireError, or whatever else a hostile message provokes: counted, never fatal
             self.rejected += 1
-            if self.rejected <= 10 or self.rejected % 1000 == 0:
+            if log_sampled(self.rejected):
                 log.warning("rejected malformed message #%d: %s: %s", self.rejected, type(exc).__name__, exc)
             return None

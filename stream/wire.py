@@ -247,8 +247,6 @@ def _name(head: dict[str, Any]) -> str:
 
 
 def _unpack_header(raw: bytes) -> dict[str, Any]:
-    if len(raw) > MAX_HEADER_BYTES:
-        raise WireError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         head = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for garbage

@@ -363,3 +363,29 @@ def test_record_process_refuses_raw_frames_sent_to_it(tmp_path: Path) -> None:
     assert len(frames) == 2 and all(f.max() < 20 for f in frames)
     # stream, in, out, dropped, lost, skipped, refused
     assert re.search(r"cam\s+│\s+3\s+│\s+2\s+│\s+0\s+│\s+0\s+│\s+0\s+│\s+1\s+│", stdout), stdout
+
+
+def test_record_process_caps_the_streams_a_stray_sender_can_open() -> None:
+    from anonstream.stream.record import MAX_STREAMS
+    from anonstream.stream.transport import FrameSender
+    from anonstream.stream.wire import Flag, FrameHeader, FrameMessage
+
+    port = free_port()
+    record = subprocess.Popen(
+        anonstream_cmd("record", "--bind", f"tcp://127.0.0.1:{port}", "--record-format", "null"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    extra = 20
+    with FrameSender().connect(f"tcp://127.0.0.1:{port}") as sender:
+        # seq 1 of each stream: it waits for a seq 0 that never comes, so the stream is never released.
+        for n in range(MAX_STREAMS + extra):
+            header = FrameHeader(f"s{n}", 1, 1, 1, (1, 30), (30, 1), pixels.shape, "uint8", "bgr", Flag.ANONYMIZED)
+            sender.send(FrameMessage(header, pixels))
+        time.sleep(3)
+    record.send_signal(signal.SIGINT)
+    stdout, stderr = record.communicate(timeout=60)
+    assert record.returncode == 0, stderr
+    assert f"{extra} rejected" in stdout, stdout[-500:]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 
 from anonstream.config import Settings
-from anonstream.process import Channel, Finished
+from anonstream.process import Channel, Finished, log_sampled
 from anonstream.stream.transport import FrameReceiver, FrameSender
 from anonstream.stream.wire import EndOfStream, Flag, FrameMessage, Stage
 from anonstream.workers.detector import FaceDetector
@@ -46,7 +46,7 @@ class Anonymizer:
             flags, boxes = Flag.ANONYMIZED, detections.to_wire()
         except Exception as exc:
             failures = self.counters["full_masked"] = self.counters["full_masked"] + 1
-            if failures <= 10 or failures % 1000 == 0:
+            if log_sampled(failures):
                 log.error(
                     "%s frame %d: detection failed (%s: %s); sending it fully masked (%d so far)",
                     header.stream,
