@@ -68,8 +68,12 @@ def _detector_flags(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--mask", choices=["blur", "pixelate", "solid"], help="mask.mode (default blur)")
     g.add_argument("--mask-shape", choices=["box", "ellipse"], help="mask.shape (default box)")
-    g.add_argument("--mask-scale", type=float, metavar="F", help="mask.scale: grow boxes by F (default 1.3)")
+    g.add_argument(
+        "--mask-scale", type=float, metavar="F", help="mask.scale: grow boxes by F around their centre (default 1.5)"
+    )
 
+
+STILLS_HELP = "capture.stills: every image stands alone (photos, not a sequence): scan all of it at high resolution"
 
 FLAG_KEYS = {
     "workers": "worker.count",
@@ -84,6 +88,8 @@ FLAG_KEYS = {
     "record_format": "record.format",
     "metrics_jsonl": "metrics.jsonl",
     "realtime": "capture.realtime",
+    "stills": "capture.stills",
+    "summary_json": "metrics.summary_json",
 }
 
 
@@ -135,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="metrics.jsonl: write one JSON record per frame with every stage's timestamp",
     )
+    run.add_argument(
+        "--summary-json",
+        type=Path,
+        metavar="FILE",
+        help="metrics.summary_json: write the per-stream counts and latency percentiles printed at the end",
+    )
+    run.add_argument("--stills", action="store_true", default=None, help=STILLS_HELP)
     _detector_flags(run)
     _config_flags(run)
 
@@ -147,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--source", action="append", metavar="SRC", help="the source (sources)")
     capture.add_argument("--bind", metavar="ENDPOINT", help="capture.bind, e.g. tcp://*:5555")
     capture.add_argument("--realtime", action="store_true", default=None, help="capture.realtime")
+    capture.add_argument("--stills", action="store_true", default=None, help=STILLS_HELP)
     _config_flags(capture)
 
     worker = sub.add_parser(
@@ -267,9 +281,12 @@ def _preflight(settings: Settings) -> None:
     model = settings.detector.model or default_model_path()
     if not model.is_file():
         raise ConfigError(f"model file {model} does not exist")
-    jsonl = settings.metrics.jsonl
-    if jsonl is not None and (jsonl.is_dir() or not jsonl.parent.is_dir()):
-        raise ConfigError(f"--metrics-jsonl {jsonl}: give a file name in an existing folder")
+    for flag, target in (
+        ("--metrics-jsonl", settings.metrics.jsonl),
+        ("--summary-json", settings.metrics.summary_json),
+    ):
+        if target is not None and (target.is_dir() or not target.parent.is_dir()):
+            raise ConfigError(f"{flag} {target}: give a file name in an existing folder")
 
 
 def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool) -> int:
@@ -307,6 +324,8 @@ def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool)
         listener.stop()
     out = _stdout_console()
     render(out, result.summary, result.reports, result.worker_restarts)
+    if result.summary is not None and settings.metrics.summary_json is not None:
+        result.summary.write_json(settings.metrics.summary_json)
     if lossless:
         out.print(
             "Files are read as fast as the workers take them, so queue time above is back-pressure, not "

@@ -28,6 +28,7 @@ class SourceSpec(_Section):
 
 class CaptureConfig(_Section):
     realtime: bool = False
+    stills: bool = False
     folder_fps: float = Field(default=30.0, gt=0, le=1000)
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
     open_timeout_s: float = Field(default=10.0, gt=0)
@@ -43,19 +44,31 @@ class DetectorConfig(_Section):
     threshold: float = Field(default=0.2, gt=0, lt=1)
     nms_iou: float = Field(default=0.3, gt=0, le=1)
     threads: int = Field(default=0, ge=0)
+    tile_scale: float = Field(default=1.0, ge=0, le=4)
+    tile_size: int = Field(default=1024, ge=32)
+    tile_overlap: int = Field(default=64, ge=0)
+    tiles_per_frame: int = Field(default=0, ge=0)
 
-    @field_validator("max_side")
+    @field_validator("max_side", "tile_size")
     @classmethod
     def _multiple_of_32(cls, value: int) -> int:
         if value and (value < 32 or value % 32):
             raise ValueError("must be 0 (native resolution) or a multiple of 32, at least 32")
         return value
 
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> DetectorConfig:
+        if self.tile_overlap >= self.tile_size // 2:
+            raise ValueError(
+                f"tile_overlap ({self.tile_overlap}) must be less than half of tile_size ({self.tile_size})"
+            )
+        return self
+
 
 class MaskConfig(_Section):
     mode: Literal["blur", "pixelate", "solid"] = "blur"
     shape: Literal["box", "ellipse"] = "box"
-    scale: float = Field(default=1.3, ge=1.0, le=4.0)
+    scale: float = Field(default=1.5, ge=1.0, le=4.0)
     blocks: int = Field(default=8, ge=2, le=64)
     color: tuple[int, int, int] = (0, 0, 0)
 
@@ -98,6 +111,7 @@ class TransportConfig(_Section):
 
 class MetricsConfig(_Section):
     jsonl: Path | None = None
+    summary_json: Path | None = None
 
 
 class Settings(_Section):

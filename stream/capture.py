@@ -17,7 +17,7 @@ from anonstream.errors import SourceError
 from anonstream.process import Channel, Finished
 from anonstream.stream.sources import SourceInfo, open_source
 from anonstream.stream.transport import FrameSender
-from anonstream.stream.wire import EndOfStream, FrameHeader, FrameMessage, Stage, pixel_layout
+from anonstream.stream.wire import EndOfStream, Flag, FrameHeader, FrameMessage, Stage, pixel_layout
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class CaptureStage:
                     pixfmt=pixel_layout(frame.pixels),
                     name=frame.name,
                     dropped=dropped,
+                    flags=Flag.STILL if cfg.capture.stills else Flag.NONE,
                 )
                 header.stamp(Stage.CAPTURED, captured)
                 header.stamp(Stage.SENT)

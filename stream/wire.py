@@ -68,6 +68,7 @@ class Flag(IntFlag):
     NONE = 0
     ANONYMIZED = 1  # a worker detected and masked this frame; only such frames may be recorded
     FULL_MASK = 2  # detection failed, so the whole frame was masked instead (fail closed)
+    STILL = 4  # an image on its own (--stills): the worker scans all of it at high resolution
 
 
 class Stage(IntEnum):
@@ -324,7 +325,7 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
         if not isinstance(box, list) or len(box) != 5 or any(type(v) not in (int, float) for v in box):
             raise WireError("each box must be [x1, y1, x2, y2, score]")
         boxes.append((float(box[0]), float(box[1]), float(box[2]), float(box[3]), float(box[4])))
-    flags = _int(head, "flags", 0, int(Flag.ANONYMIZED | Flag.FULL_MASK))
+    flags = _int(head, "flags", 0, int(Flag.ANONYMIZED | Flag.FULL_MASK | Flag.STILL))
     header = FrameHeader(
         stream=_stream(head),
         seq=_int(head, "seq"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -12,7 +13,8 @@ from onnx import TensorProto, helper
 from anonstream.config import DetectorConfig
 from anonstream.demo import ASTRONAUT_FACE, astronaut_bgr
 from anonstream.errors import DeviceError, ModelError
-from anonstream.workers.detector import FaceDetector, decode, input_size, nms
+from anonstream.workers.detections import Detections
+from anonstream.workers.detector import FaceDetector, decode, input_size, merge, nms, plan, tiles
 from anonstream.workers.runtime import default_model_path
 
 
@@ -178,3 +180,79 @@ def test_worker_masks_the_whole_frame_when_the_model_fails(tmp_path: Path) -> No
     x1, y1, x2, y2 = ASTRONAUT_FACE
     assert np.abs(out.pixels[y1:y2, x1:x2].astype(int) - photo[y1:y2, x1:x2].astype(int)).mean() > 10
     assert anonymizer.counters["full_masked"] == 1
+
+
+def _small_face_scene() -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """A 2000x1200 street-sized frame holding the astronaut's face about 22 px wide."""
+    canvas = np.full((1200, 2000, 3), 110, np.uint8)
+    small = cv2.resize(astronaut_bgr(), (128, 128), interpolation=cv2.INTER_AREA)
+    canvas[900:1028, 1500:1628] = small
+    x1, y1, x2, y2 = (v / 4 for v in ASTRONAUT_FACE)
+    return canvas, (x1 + 1500, y1 + 900, x2 + 1500, y2 + 900)
+
+
+def test_tiles_find_a_small_face_the_whole_frame_pass_misses() -> None:
+    scene, face = _small_face_scene()
+    config = DetectorConfig(device="cpu", max_side=256, tile_size=512)
+    detector = FaceDetector(config, threads=1)
+    assert len(detector.detect(scene)) == 0
+    found = detector.detect(scene, still=True)
+    assert max(iou(tuple(b), face) for b in found.boxes) > 0.4
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "max_side", "tile_scale"),
+    [(1080, 1920, 640, 1.0), (1200, 2000, 512, 1.0), (360, 640, 640, 2.0), (97, 3001, 320, 1.5), (1080, 1920, 0, 2.0)],
+)
+def test_tiles_cover_the_whole_frame_with_overlap(height: int, width: int, max_side: int, tile_scale: float) -> None:
+    config = DetectorConfig(max_side=max_side, tile_scale=tile_scale, tile_size=512, tile_overlap=64)
+    views = tiles(height, width, config)
+    assert views
+    covered = np.zeros((height, width), np.int32)
+    for view in views:
+        x0, y0, x1, y1 = view.region
+        covered[y0:y1, x0:x1] += 1
+        # each tile is seen at about tile_scale times its own resolution, within the model's multiple of 32
+        assert view.size[1] == pytest.approx((x1 - x0) * tile_scale, abs=32)
+        assert max(view.size) <= 512 + 32
+    assert covered.min() >= 1
+    # neighbours share a band, so a face on a border is whole in one of them
+    if len({v.region[0] for v in views}) > 1:
+        assert (covered[:, : width // 2] > 1).any()
+
+
+@pytest.mark.parametrize(("height", "width", "max_side"), [(360, 640, 640), (1080, 1920, 0), (100, 100, 640)])
+def test_no_tiles_where_the_whole_frame_pass_already_sees_native_resolution(
+    height: int, width: int, max_side: int
+) -> None:
+    assert tiles(height, width, DetectorConfig(max_side=max_side)) == []
+    assert tiles(1080, 1920, DetectorConfig(tile_scale=0)) == []
+
+
+def test_video_frames_take_turns_over_the_tiles_and_stills_get_all() -> None:
+    config = DetectorConfig(max_side=640, tile_size=512, tiles_per_frame=2)
+    every = tiles(1080, 1920, config)
+    assert plan(1080, 1920, config, still=True, seq=7)[1:] == every
+    seen = [view for seq in range(len(every)) for view in plan(1080, 1920, config, still=False, seq=seq)[1:]]
+    assert all(len(plan(1080, 1920, config, still=False, seq=s)) == 3 for s in range(5))
+    assert {v.region for v in seen} == {v.region for v in every}
+    assert plan(1080, 1920, DetectorConfig(max_side=640), still=False, seq=3) == plan(1080, 1920, config, True, 0)[:1]
+
+
+def test_merge_covers_every_box_of_one_face_and_keeps_other_faces() -> None:
+    whole = Detections(np.array([[100, 100, 140, 150]], np.float32), np.array([0.9], np.float32))
+    # the same face seen in a tile, cut by its border, and another face far away
+    tile = Detections(
+        np.array([[96, 104, 130, 156], [500, 500, 520, 530]], np.float32), np.array([0.6, 0.5], np.float32)
+    )
+    merged = merge([whole, tile, Detections.empty()], 0.3)
+    assert len(merged) == 2
+    assert merged.boxes[0].tolist() == [96, 100, 140, 156]
+    assert merged.scores.tolist() == pytest.approx([0.9, 0.5])
+    assert len(merge([Detections.empty(), Detections.empty()], 0.3)) == 0
+
+
+@pytest.mark.parametrize("overlap", [256, 300])
+def test_tile_overlap_must_leave_room_to_move(overlap: int) -> None:
+    with pytest.raises(ValueError, match="tile_overlap"):
+        DetectorConfig(tile_size=512, tile_overlap=overlap)

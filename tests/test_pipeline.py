@@ -17,7 +17,7 @@ import pytest
 
 from anonstream.demo import AstronautClip
 from tests.conftest import anonstream_cmd, decode_video, free_port, run_cli
-from tests.test_detector import broken_model
+from tests.test_detector import _small_face_scene, broken_model
 
 
 def detail(image: np.ndarray) -> float:
@@ -73,6 +73,26 @@ def test_image_folder_in_same_names_out(clip: AstronautClip, tmp_path: Path) -> 
         assert (anonymized[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2] < 30).all(), f"{name}: face not filled"
         assert raw.shape == anonymized.shape
     assert (out / "photos/day1/frame_0000.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("stills", [True, False])
+def test_stills_are_scanned_at_high_resolution(tmp_path: Path, stills: bool) -> None:
+    scene, face = _small_face_scene()
+    source = tmp_path / "photos"
+    source.mkdir()
+    cv2.imwrite(str(source / "street.png"), scene)
+    summary = tmp_path / "summary.json"
+    args = ["--source", str(source), "--record", str(tmp_path / "out"), "--mask", "solid", "--max-side", "256"]
+    args += ["--set", "detector.tile_size=512", "--summary-json", str(summary)] + (["--stills"] if stills else [])
+    result = run_cli("run", *args)
+    assert result.returncode == 0, result.stderr
+    out = cv2.imread(str(tmp_path / "out/photos/street.png"))
+    x1, y1, x2, y2 = (round(v) for v in face)
+    # a 22 px face is lost in the 256 px whole-frame view; only --stills looks at it at full resolution
+    assert (out[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2] == 0).all() == stills
+    streams = json.loads(summary.read_text())["streams"]
+    assert [(s["stream"], s["frames_in"], s["frames_out"], s["dropped"]) for s in streams] == [("photos", 1, 1, 0)]
+    assert set(streams[0]["latency_ms"]) >= {"detect", "end to end"}
 
 
 def test_several_sources_at_once(clip_path: Path, tmp_path: Path) -> None:

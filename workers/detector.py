@@ -1,13 +1,22 @@
-"""CenterFace face detection: pre-processing, one inference, vectorized decoding.
+"""CenterFace face detection: which parts of a frame to look at, inference, vectorized decoding.
 
-The detector input keeps the frame's aspect ratio, scaled so its longest side
-is at most ``max_side`` (0: native size), each side rounded up to a multiple
-of 32 as the network requires.
+Detection costs in proportion to the pixels the network sees, and distant
+faces are small, so a frame is looked at in two passes (see ``plan``):
+- the whole frame, scaled so its longest side is at most ``max_side``
+  (0: native size), every frame;
+- the frame at ``tile_scale`` times its native resolution, cut into
+  overlapping tiles of at most ``tile_size`` pixels: all of them for a still
+  image, ``tiles_per_frame`` of them in rotation for video. The second pass is
+  skipped where the first already looked at that resolution.
+Every input keeps its region's aspect ratio, each side rounded up to a
+multiple of 32 as the network requires. Boxes from all passes are merged by
+non-maximum suppression.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -31,26 +40,93 @@ def input_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     )
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression; indices kept, best first.
+@dataclass(frozen=True, slots=True)
+class View:
+    """One detector input: a region of the frame (x0, y0, x1, y1) resized to (height, width)."""
+
+    region: tuple[int, int, int, int]
+    size: tuple[int, int]
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spaced tile origins along one side, covering it with at least ``overlap`` shared pixels."""
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - overlap) / (tile - overlap))
+    step = (length - tile) / (count - 1)
+    return [round(i * step) for i in range(count)]
+
+
+def tiles(height: int, width: int, config: DetectorConfig) -> list[View]:
+    """The high-resolution tiles of a frame; empty when the whole-frame pass already sees that resolution."""
+    whole = input_size(height, width, config.max_side)
+    if config.tile_scale <= 0 or whole[1] >= width * config.tile_scale:
+        return []
+    scale = config.tile_scale
+    side = max(ALIGN, int(config.tile_size / scale))  # tile side in frame pixels
+    overlap = int(config.tile_overlap / scale)
+    views = []
+    for y in _starts(height, side, overlap):
+        for x in _starts(width, side, overlap):
+            x1, y1 = min(width, x + side), min(height, y + side)
+            views.append(View((x, y, x1, y1), input_size(round((y1 - y) * scale), round((x1 - x) * scale), 0)))
+    return views
+
+
+def plan(height: int, width: int, config: DetectorConfig, still: bool, seq: int) -> list[View]:
+    """What to look at in frame ``seq``: the whole frame, then all tiles (still) or this frame's turn of them."""
+    views = [View((0, 0, width, height), input_size(height, width, config.max_side))]
+    fine = tiles(height, width, config)
+    if still:
+        return views + fine
+    turn = min(config.tiles_per_frame, len(fine))
+    return views + [fine[(seq * turn + k) % len(fine)] for k in range(turn)]
+
+
+def _suppress(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[tuple[int, np.ndarray]]:
+    """Greedy non-maximum suppression: each kept index, best first, with the indices it suppressed.
 
     Each round compares the best remaining box with all others at once, so the
     loop runs once per kept box, not once per candidate.
     """
     order = np.argsort(-scores, kind="stable")
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep: list[int] = []
+    groups: list[tuple[int, np.ndarray]] = []
     while order.size:
         best, rest = order[0], order[1:]
-        keep.append(int(best))
         xx1 = np.maximum(boxes[best, 0], boxes[rest, 0])
         yy1 = np.maximum(boxes[best, 1], boxes[rest, 1])
         xx2 = np.minimum(boxes[best, 2], boxes[rest, 2])
         yy2 = np.minimum(boxes[best, 3], boxes[rest, 3])
         inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
         iou = inter / np.maximum(areas[best] + areas[rest] - inter, 1e-9)
+        groups.append((int(best), rest[iou > iou_threshold]))
         order = rest[iou <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+    return groups
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best first."""
+    return np.asarray([best for best, _ in _suppress(boxes, scores, iou_threshold)], dtype=np.int64)
+
+
+def merge(found: list[Detections], iou_threshold: float) -> Detections:
+    """One box per face from several views: overlapping boxes become the box enclosing them all.
+
+    A face cut by a tile border, or seen at two scales, gives boxes of
+    different extents; keeping only the best-scored one could leave part of
+    the face bare, so the merged box covers every one of them.
+    """
+    boxes = np.concatenate([d.boxes for d in found])
+    scores = np.concatenate([d.scores for d in found])
+    if not len(scores):
+        return Detections.empty()
+    merged, kept = [], []
+    for best, suppressed in _suppress(boxes, scores, iou_threshold):
+        group = boxes[np.append(suppressed, best)]
+        merged.append([*group[:, :2].min(axis=0), *group[:, 2:].max(axis=0)])
+        kept.append(scores[best])
+    return Detections(np.asarray(merged, np.float32), np.asarray(kept, np.float32))
 
 
 def decode(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, threshold: float, iou: float) -> Detections:
@@ -84,15 +160,23 @@ class FaceDetector:
 
     @property
     def description(self) -> str:
-        size = f"longest side {self.config.max_side}" if self.config.max_side else "native resolution"
-        return f"{self.provider.removesuffix('ExecutionProvider')}, input {size}"
+        cfg = self.config
+        size = f"longest side {cfg.max_side}" if cfg.max_side else "native resolution"
+        fine = f"; tiles of {cfg.tile_size} px at {cfg.tile_scale:g}x" if cfg.tile_scale else ""
+        return f"{self.provider.removesuffix('ExecutionProvider')}, input {size}{fine}"
 
-    def detect(self, image: np.ndarray) -> Detections:
-        """Faces in one frame, in frame pixels."""
+    def detect(self, image: np.ndarray, still: bool = False, seq: int = 0) -> Detections:
+        """Faces in one frame, in frame pixels: every view of ``plan`` merged."""
         frame = to_bgr8(image, stretch=True)
         height, width = frame.shape[:2]
-        in_h, in_w = input_size(height, width, self.config.max_side)
-        blob = cv2.dnn.blobFromImage(frame, 1.0, (in_w, in_h), (0, 0, 0), swapRB=True, crop=False)
+        found = [self._detect_view(frame, view) for view in plan(height, width, self.config, still, seq)]
+        return found[0] if len(found) == 1 else merge(found, self.config.nms_iou)
+
+    def _detect_view(self, frame: np.ndarray, view: View) -> Detections:
+        x0, y0, x1, y1 = view.region
+        in_h, in_w = view.size
+        crop = frame[y0:y1, x0:x1]
+        blob = cv2.dnn.blobFromImage(crop, 1.0, (in_w, in_h), (0, 0, 0), swapRB=True, crop=False)
         heatmap, scale, offset = self.session.run(self._outputs, {self._input: blob})
         expected = (in_h // STRIDE, in_w // STRIDE)
         if heatmap.shape[-2:] != expected or scale.shape[1] != 2 or offset.shape[1] != 2:
@@ -104,5 +188,5 @@ class FaceDetector:
             # A NaN heatmap would compare below every threshold and pass as "no face".
             raise ModelError("model produced non-finite output")
         found = decode(heatmap[0], scale[0], offset[0], self.config.threshold, self.config.nms_iou)
-        factors = np.array([width / in_w, height / in_h] * 2, dtype=np.float32)
-        return Detections(found.boxes * factors, found.scores)
+        factors = np.array([(x1 - x0) / in_w, (y1 - y0) / in_h] * 2, dtype=np.float32)
+        return Detections(found.boxes * factors + np.array([x0, y0, x0, y0], dtype=np.float32), found.scores)

@@ -38,7 +38,7 @@ class Anonymizer:
         header = message.header
         try:
             header.stamp(Stage.INFER_START)
-            detections = self.detector.detect(message.pixels)
+            detections = self.detector.detect(message.pixels, bool(header.flags & Flag.STILL), header.seq)
             header.stamp(Stage.INFER_END)
             # The received buffer belongs to this worker: mask it in place unless it is read-only.
             pixels = message.pixels if message.pixels.flags.writeable else message.pixels.copy()
