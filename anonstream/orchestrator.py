@@ -84,6 +84,7 @@ class PipelineResult:
     failures: list[Failed]
     worker_restarts: int
     interrupted: bool
+    workers: list[str]  # what each kind of worker runs on, e.g. "CPU, input longest side 640, 1 thread(s) each"
 
 
 def runtime_base() -> str | None:
@@ -152,6 +153,7 @@ class Pipeline:
         capture_endpoints = tuple(f"ipc://{rundir}/capture-{i}" for i in range(len(ids)))
         progress = self._ctx.Array("q", len(ids))
         interrupted = False
+        details: list[str] = []
         try:
             record = self._start(RecordStage(record_endpoint, cfg, tuple(ids), progress))
             self._await_ready([record])
@@ -186,7 +188,7 @@ class Pipeline:
         summary = next((f.summary for f in reports if f.summary is not None), None)
         if summary is not None:
             summary = self._reconcile(summary)
-        return PipelineResult(summary, reports, failures, self.worker_restarts, interrupted)
+        return PipelineResult(summary, reports, failures, self.worker_restarts, interrupted, details)
 
     def _reconcile(self, summary: RunSummary) -> RunSummary:
         """Frames a capture sent whose end of stream never arrived still count, as lost."""

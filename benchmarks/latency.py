@@ -42,9 +42,9 @@ def main() -> int:
             for repeat in range(args.repeats):
                 argv = ["--source", str(video), "--realtime", "--record", str(Path(scratch) / f"out{repeat}")]
                 argv += ["--workers", str(args.workers)] + [f"--set={a}" for a in args.set]
-                _, streams = anonstream_run(argv, Path(scratch), f"anonstream on {video.name}")
-                stream = streams[0]
-                runs.append({"video": video.name, "repeat": repeat + 1, **stream})
+                _, summary = anonstream_run(argv, Path(scratch), f"anonstream on {video.name}")
+                stream = summary["streams"][0]
+                runs.append({"video": video.name, "repeat": repeat + 1, "workers": summary["workers"], **stream})
                 out.print(
                     f"  {video.name} run {repeat + 1}: {stream['frames_out']}/{stream['frames_in']} frames, "
                     f"{stream['dropped']} dropped, end to end p99 {stream['latency_ms']['end to end'][2]:.1f} ms"
@@ -71,6 +71,7 @@ def main() -> int:
                 table.add_row(f"  {stage}", "", "", "", "", f"{p50:.1f}", f"{p95:.1f}", f"{p99:.1f}")
         table.add_section()
     out.print(table)
+    out.print(f"workers: {'; '.join(runs[0]['workers'])}")
     write_json(args.json, {"machine": info, "workers": args.workers, "overrides": args.set, "runs": runs})
     out.print(f"figures written to {args.json}")
     return 0

@@ -60,10 +60,11 @@ class StreamSummary:
 class RunSummary:
     streams: list[StreamSummary]
 
-    def write_json(self, path: Path) -> None:
-        """``--summary-json``: the printed tables, for scripts and benchmarks."""
+    def write_json(self, path: Path, workers: list[str]) -> None:
+        """``--summary-json``: the printed tables and what the workers ran on, for scripts and benchmarks."""
         try:
-            path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n", encoding="utf-8")
+            text = json.dumps({"workers": workers} | dataclasses.asdict(self), indent=2)
+            path.write_text(text + "\n", encoding="utf-8")
         except OSError as exc:
             raise RecorderError(f"cannot write the summary to {path}: {exc.strerror}") from None
 

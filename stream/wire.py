@@ -1,4 +1,4 @@
-"""The wire format between anonstream's processes, version 1.
+"""The wire format between anonstream's processes, version 2 (2 added Flag.STILL).
 
 A frame is a two-part ZeroMQ message: a msgpack header, then the raw pixel
 buffer, sent and received without copying. End of stream is its own one-part
@@ -45,7 +45,7 @@ import numpy as np
 
 from anonstream.errors import WireError
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 MAX_HEADER_BYTES = 64 * 1024
 MAX_SIDE = 16384
 MAX_BOXES = 4096

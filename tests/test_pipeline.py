@@ -90,7 +90,9 @@ def test_stills_are_scanned_at_high_resolution(tmp_path: Path, stills: bool) -> 
     x1, y1, x2, y2 = (round(v) for v in face)
     # a 22 px face is lost in the 256 px whole-frame view; only --stills looks at it at full resolution
     assert (out[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2] == 0).all() == stills
-    streams = json.loads(summary.read_text())["streams"]
+    written = json.loads(summary.read_text())
+    assert written["workers"][0].startswith("CPU, input longest side 256; tiles of 512 px at 1x, 0 per video frame")
+    streams = written["streams"]
     assert [(s["stream"], s["frames_in"], s["frames_out"], s["dropped"]) for s in streams] == [("photos", 1, 1, 0)]
     assert set(streams[0]["latency_ms"]) >= {"detect", "end to end"}
 

@@ -12,6 +12,7 @@ import zmq
 from anonstream.errors import WireError
 from anonstream.stream.transport import FrameReceiver, FrameSender
 from anonstream.stream.wire import (
+    WIRE_VERSION,
     EndOfStream,
     Flag,
     FrameHeader,
@@ -117,8 +118,9 @@ MALFORMED = {
     "header only": [_valid_parts()[0]],
     "not a map": [msgpack.packb([1, 2, 3]), PIXELS],
     "unknown version": [_head(v=99), PIXELS],
+    "previous version": [_head(v=WIRE_VERSION - 1), PIXELS],
     "unknown kind": [_head(kind=7), PIXELS],
-    "missing key": [msgpack.packb({"v": 1, "kind": 1, "stream": "x"}), PIXELS],
+    "missing key": [msgpack.packb({"v": WIRE_VERSION, "kind": 1, "stream": "x"}), PIXELS],
     "extra key": [_head(evil=1), PIXELS],
     "huge shape": [_head(shape=[100000, 100000, 3]), PIXELS],
     "buffer too short": [_valid_parts()[0], PIXELS[:-1]],
@@ -144,7 +146,9 @@ MALFORMED = {
     "stamp beyond int64": [_head(stamps=[2**63] + [0] * 7), PIXELS],
     "negative stamp": [_head(stamps=[-1] + [0] * 7), PIXELS],
     "end with pixels": [
-        msgpack.packb({"v": 1, "kind": 2, "stream": "s", "frames": 1, "dropped": 0, "skipped": 0, "reason": "eof"}),
+        msgpack.packb(
+            {"v": WIRE_VERSION, "kind": 2, "stream": "s", "frames": 1, "dropped": 0, "skipped": 0, "reason": "eof"}
+        ),
         PIXELS,
     ],
 }

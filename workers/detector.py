@@ -9,8 +9,8 @@ faces are small, so a frame is looked at in two passes (see ``plan``):
   image, ``tiles_per_frame`` of them in rotation for video. The second pass is
   skipped where the first already looked at that resolution.
 Every input keeps its region's aspect ratio, each side rounded up to a
-multiple of 32 as the network requires. Boxes from all passes are merged by
-non-maximum suppression.
+multiple of 32 as the network requires. Boxes from all passes are merged
+(``merge``) so that overlapping ones become one box covering them all.
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ class FaceDetector:
     def description(self) -> str:
         cfg = self.config
         size = f"longest side {cfg.max_side}" if cfg.max_side else "native resolution"
-        fine = f"; tiles of {cfg.tile_size} px at {cfg.tile_scale:g}x" if cfg.tile_scale else ""
+        fine = f"; tiles of {cfg.tile_size} px at {cfg.tile_scale:g}x, " if cfg.tile_scale else ""
+        fine += f"{cfg.tiles_per_frame} per video frame, all for stills" if cfg.tile_scale else ""
         return f"{self.provider.removesuffix('ExecutionProvider')}, input {size}{fine}"
 
     def detect(self, image: np.ndarray, still: bool = False, seq: int = 0) -> Detections:
