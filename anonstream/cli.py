@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from anonstream import __version__
-from anonstream.config import Settings, default_config_text, load_settings, parse_assignment
+from anonstream.config import PRESETS, Settings, default_config_text, load_settings, parse_assignment
 from anonstream.errors import AnonstreamError, ConfigError, RecorderError
 from anonstream.process import Channel, Failed, Finished, Stage, name_process, run_stage
 
@@ -41,6 +41,12 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("configuration (each flag overrides the config key named)")
     g.add_argument("--config", type=Path, metavar="FILE", help="TOML config file (see `anonstream config`)")
     g.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="preset: fast (no tiles at 2x), balanced (default), max-privacy (tiles on video too, lower threshold); "
+        "config/presets/ lists the keys each one sets, and any key set explicitly wins",
+    )
+    g.add_argument(
         "--set",
         action="append",
         default=[],
@@ -59,7 +65,7 @@ def _detector_flags(parser: argparse.ArgumentParser) -> None:
         help="detector.device (default auto: the GPU if a session really runs there, else the CPU)",
     )
     g.add_argument("--model", type=Path, metavar="FILE", help="detector.model: a CenterFace-compatible ONNX file")
-    g.add_argument("--threshold", type=float, metavar="T", help="detector.threshold: minimum face score (default 0.2)")
+    g.add_argument("--threshold", type=float, metavar="T", help="detector.threshold: minimum face score (default 0.16)")
     g.add_argument(
         "--max-side",
         type=int,
@@ -69,7 +75,7 @@ def _detector_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mask", choices=["blur", "pixelate", "solid"], help="mask.mode (default blur)")
     g.add_argument("--mask-shape", choices=["box", "ellipse"], help="mask.shape (default box)")
     g.add_argument(
-        "--mask-scale", type=float, metavar="F", help="mask.scale: grow boxes by F around their centre (default 1.5)"
+        "--mask-scale", type=float, metavar="F", help="mask.scale: grow boxes by F around their centre (default 1.3)"
     )
 
 
@@ -222,6 +228,8 @@ def _overrides(args: argparse.Namespace) -> list[dict[str, Any]]:
         if value is not None:
             section, name = key.split(".")
             overrides.append({section: {name: str(value) if isinstance(value, Path) else value}})
+    if getattr(args, "preset", None):
+        overrides.append({"preset": args.preset})
     if getattr(args, "source", None):
         overrides.append({"sources": [{"uri": uri} for uri in args.source]})
     if getattr(args, "bind", None):

@@ -28,7 +28,7 @@ def render(console: Console, summary: RunSummary | None, reports: list[Finished]
         return
     counts = Table(title="frames", title_justify="left", show_edge=False)
     counts.add_column("stream", no_wrap=True)
-    for column in ("in", "out", "dropped", "lost", "skipped", "refused", "full mask", "fps"):
+    for column in ("in", "out", "dropped", "lost", "skipped", "refused", "full mask", "held", "fps"):
         counts.add_column(column, justify="right")
     for s in summary.streams:
         counts.add_row(
@@ -40,6 +40,7 @@ def render(console: Console, summary: RunSummary | None, reports: list[Finished]
             str(s.skipped),
             str(s.refused),
             str(s.full_masked),
+            str(s.held),
             f"{s.fps:.1f}",
         )
     console.print(counts)

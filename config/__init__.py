@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from anonstream.config.model import (
+    DEFAULT_PRESET,
+    PRESETS,
     CaptureConfig,
     DetectorConfig,
     MaskConfig,
@@ -18,12 +20,14 @@ from anonstream.config.model import (
     SequencerConfig,
     Settings,
     SourceSpec,
+    TrackerConfig,
     TransportConfig,
     WorkerConfig,
 )
 from anonstream.errors import ConfigError
 
 __all__ = [
+    "PRESETS",
     "CaptureConfig",
     "DetectorConfig",
     "MaskConfig",
@@ -32,6 +36,7 @@ __all__ = [
     "SequencerConfig",
     "Settings",
     "SourceSpec",
+    "TrackerConfig",
     "TransportConfig",
     "WorkerConfig",
     "default_config_text",
@@ -83,8 +88,16 @@ def _describe(error: ValidationError, origin: str) -> str:
     return f"{origin}: {where} = {value!r}: {first['msg']}"
 
 
+def preset_data(name: str) -> dict[str, Any]:
+    """The keys a preset changes from the defaults (``config/presets/NAME.toml``)."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset {name!r} does not exist; choose one of {', '.join(PRESETS)}")
+    text = resources.files("anonstream.config").joinpath("presets", f"{name}.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
 def load_settings(path: Path | None = None, overrides: list[dict[str, Any]] | None = None) -> Settings:
-    """Defaults, then the user's file, then command-line overrides, validated once."""
+    """Defaults, then the preset named, then the user's file, then command-line overrides, validated once."""
     data: dict[str, Any] = {}
     origin = "command line"
     if path is not None:
@@ -104,6 +117,8 @@ def load_settings(path: Path | None = None, overrides: list[dict[str, Any]] | No
         origin = "command line"
     for update in overrides or []:
         data = _merge(data, update)
+    preset = data.get("preset", DEFAULT_PRESET)
+    data = _merge(preset_data(preset if isinstance(preset, str) else DEFAULT_PRESET), data)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

@@ -41,10 +41,10 @@ class DetectorConfig(_Section):
     device: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
     device_id: int = Field(default=0, ge=0)
     max_side: int = Field(default=640, ge=0)
-    threshold: float = Field(default=0.2, gt=0, lt=1)
+    threshold: float = Field(default=0.16, gt=0, lt=1)
     nms_iou: float = Field(default=0.3, gt=0, le=1)
     threads: int = Field(default=0, ge=0)
-    tile_scale: float = Field(default=1.0, ge=0, le=4)
+    tile_scale: float = Field(default=2.0, ge=0, le=4)
     tile_size: int = Field(default=1024, ge=32)
     tile_overlap: int = Field(default=64, ge=0)
     tiles_per_frame: int = Field(default=0, ge=0)
@@ -65,10 +65,16 @@ class DetectorConfig(_Section):
         return self
 
 
+class TrackerConfig(_Section):
+    hold_frames: int = Field(default=15, ge=0)
+    grow: float = Field(default=0.05, ge=0, le=1)
+    match_iou: float = Field(default=0.2, gt=0, le=1)
+
+
 class MaskConfig(_Section):
     mode: Literal["blur", "pixelate", "solid"] = "blur"
     shape: Literal["box", "ellipse"] = "box"
-    scale: float = Field(default=1.5, ge=1.0, le=4.0)
+    scale: float = Field(default=1.3, ge=1.0, le=4.0)
     blocks: int = Field(default=8, ge=2, le=64)
     color: tuple[int, int, int] = (0, 0, 0)
 
@@ -114,15 +120,22 @@ class MetricsConfig(_Section):
     summary_json: Path | None = None
 
 
+Preset = Literal["fast", "balanced", "max-privacy"]
+PRESETS: tuple[Preset, ...] = ("fast", "balanced", "max-privacy")
+DEFAULT_PRESET: Preset = "balanced"
+
+
 class Settings(_Section):
     """All of anonstream's settings; each CLI flag overrides one key."""
 
+    preset: Preset = DEFAULT_PRESET
     sources: list[SourceSpec] = []
     capture: CaptureConfig = CaptureConfig()
     detector: DetectorConfig = DetectorConfig()
     mask: MaskConfig = MaskConfig()
     worker: WorkerConfig = WorkerConfig()
     sequencer: SequencerConfig = SequencerConfig()
+    tracker: TrackerConfig = TrackerConfig()
     record: RecordConfig = RecordConfig()
     transport: TransportConfig = TransportConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -44,6 +44,7 @@ class StreamSummary:
     skipped: int
     refused: int
     full_masked: int
+    held: int  # frames where the tracker added a mask the detector did not find
     fps: float
     # label -> (p50, p95, p99) in milliseconds
     latency_ms: dict[str, tuple[float, float, float]]
@@ -76,12 +77,14 @@ class StreamMetrics:
     lost: int = 0
     refused: int = 0
     full_masked: int = 0
+    held: int = 0
     dropped: int = 0
     end: EndOfStream | None = None
     highest_seq: int = -1
 
-    def frame(self, header: FrameHeader) -> None:
+    def frame(self, header: FrameHeader, held: int = 0) -> None:
         self.stamps.append(list(header.stamps))
+        self.held += held > 0
         self.dropped = max(self.dropped, header.dropped)
         self.highest_seq = max(self.highest_seq, header.seq)
         if header.flags & Flag.FULL_MASK:
@@ -111,6 +114,7 @@ class StreamMetrics:
             skipped=self.end.skipped if self.end else 0,
             refused=self.refused,
             full_masked=self.full_masked,
+            held=self.held,
             fps=fps,
             latency_ms=latency,
         )
@@ -125,7 +129,7 @@ class FrameLog(Closing):
         except OSError as exc:
             raise RecorderError(f"cannot write metrics to {path}: {exc.strerror}") from None
 
-    def frame(self, header: FrameHeader) -> None:
+    def frame(self, header: FrameHeader, tracked: np.ndarray) -> None:
         if self._file is None:
             return
         record = {
@@ -135,7 +139,10 @@ class FrameLog(Closing):
             "pts": header.pts,
             "time_base": list(header.time_base),
             "full_mask": bool(header.flags & Flag.FULL_MASK),
-            "boxes": len(header.boxes),
+            "still": bool(header.flags & Flag.STILL),
+            # masks by origin: found by a worker's detector, or held by the tracker
+            "detected": [[round(v, 1) for v in box[:4]] for box in header.boxes],
+            "tracked": [[round(float(v), 1) for v in box] for box in tracked],
             "stamps_ns": {stage.name.lower(): header.stamps[stage] for stage in Stage},
             "latency_ms": (header.stamps[Stage.RECORDED] - header.stamps[Stage.CAPTURED]) / 1e6,
         }

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from anonstream.config import Settings
 from anonstream.errors import NotAnonymizedError, WireError
@@ -19,8 +21,11 @@ from anonstream.process import Channel, Finished, log_sampled
 from anonstream.stream.metrics import FrameLog, RunSummary, StreamMetrics
 from anonstream.stream.recorders import Recorder, ensure_output_dir, make_recorder
 from anonstream.stream.sequencer import Ended, Lost, Released, Sequencer
+from anonstream.stream.tracker import Tracker
 from anonstream.stream.transport import FrameReceiver
-from anonstream.stream.wire import EndOfStream, FrameMessage, Message, Stage
+from anonstream.stream.wire import EndOfStream, Flag, FrameMessage, Message, Stage
+from anonstream.workers.detections import Detections
+from anonstream.workers.masking import Masker, make_masker
 
 if TYPE_CHECKING:
     from multiprocessing.sharedctypes import SynchronizedArray
@@ -49,6 +54,7 @@ class RecordStage:
             ensure_output_dir(cfg.record.dir)
         sequencer = Sequencer(cfg.sequencer.loss_timeout_s, cfg.sequencer.max_pending)
         recorders: dict[str, Recorder] = {}
+        hold = _Hold(cfg)
         metrics: dict[str, StreamMetrics] = {name: StreamMetrics(name) for name in self.expect}
         ended: set[str] = set()
         counters = {"rejected": 0}
@@ -72,7 +78,7 @@ class RecordStage:
         def handle(events: list[Released], frame_log: FrameLog) -> None:
             for event in events:
                 if isinstance(event, FrameMessage):
-                    self._record(event, recorders, stats(event.header.stream), frame_log, counters)
+                    self._record(hold(event), recorders, stats(event.header.stream), frame_log, counters)
                 elif isinstance(event, Lost):
                     stats(event.stream).lost += event.count
                     frame_log.lost(event)
@@ -80,6 +86,7 @@ class RecordStage:
                 elif isinstance(event, Ended):
                     ended.add(event.stream)
                     stats(event.stream).end = event.end
+                    hold.trackers.pop(event.stream, None)
                     if event.stream in recorders:
                         recorders.pop(event.stream).close()
 
@@ -103,12 +110,13 @@ class RecordStage:
 
     def _record(
         self,
-        message: FrameMessage,
+        held: tuple[FrameMessage, np.ndarray],
         recorders: dict[str, Recorder],
         stats: StreamMetrics,
         frame_log: FrameLog,
         counters: dict[str, int],
     ) -> None:
+        message, tracked = held
         header = message.header
         header.stamp(Stage.SEQUENCED)
         recorder = recorders.get(header.stream)
@@ -125,8 +133,36 @@ class RecordStage:
             log.error("%s", exc)
             return
         header.stamp(Stage.RECORDED)
-        stats.frame(header)
-        frame_log.frame(header)
+        stats.frame(header, len(tracked))
+        frame_log.frame(header, tracked)
         if self.progress is not None and header.stream in self.expect:
             with self.progress.get_lock():
                 self.progress[self.expect.index(header.stream)] += 1
+
+
+@dataclass
+class _Hold:
+    """The tracker step: masks, with the workers' masking code, the faces a stream's tracks still hold."""
+
+    settings: Settings
+    trackers: dict[str, Tracker] = field(default_factory=dict)
+    masker: Masker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.masker = make_masker(self.settings.mask)
+
+    def __call__(self, message: FrameMessage) -> tuple[FrameMessage, np.ndarray]:
+        """The frame with held masks added, and those boxes (the header's boxes stay the detected ones)."""
+        header = message.header
+        none = np.zeros((0, 4), np.float32)
+        # Unflagged frames go on to be refused; stills carry no state from one image to the next.
+        if not header.flags & Flag.ANONYMIZED or header.flags & Flag.STILL:
+            return message, none
+        tracker = self.trackers.setdefault(header.stream, Tracker(self.settings.tracker))
+        detected = np.asarray([box[:4] for box in header.boxes], np.float32).reshape(-1, 4)
+        held = tracker.update(header.seq, header.shape, detected, blind=bool(header.flags & Flag.FULL_MASK))
+        if not len(held):
+            return message, none
+        pixels = message.pixels if message.pixels.flags.writeable else message.pixels.copy()
+        self.masker.apply(pixels, Detections(held, np.ones(len(held), np.float32)))
+        return FrameMessage(header, pixels), held

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from anonstream.config import Settings, default_config_text, load_settings, parse_assignment
+from anonstream.config import PRESETS, Settings, default_config_text, load_settings, parse_assignment
 from anonstream.errors import ConfigError
 
 
@@ -16,7 +16,8 @@ def test_documented_default_file_equals_the_model_defaults() -> None:
 def test_documented_default_file_names_every_key() -> None:
     text = default_config_text()
     for section, model in Settings.model_fields.items():
-        if section == "sources":
+        if section in ("sources", "preset"):
+            assert f"{section} =" in text
             continue
         assert f"[{section}]" in text
         for key in model.annotation.model_fields:  # type: ignore[union-attr]
@@ -66,3 +67,28 @@ def test_set_parses_toml_values_and_bare_words() -> None:
 def test_duplicate_stream_ids_rejected() -> None:
     with pytest.raises(ConfigError, match="unique"):
         load_settings(None, [{"sources": [{"uri": "a.mp4", "id": "x"}, {"uri": "b.mp4", "id": "x"}]}])
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_is_valid_and_changes_only_what_it_says(name: str) -> None:
+    settings = load_settings(None, [{"preset": name}])
+    assert settings.preset == name
+    if name == "balanced":
+        assert settings == Settings()  # the documented defaults are the balanced preset
+    else:
+        assert settings.detector != Settings().detector
+
+
+def test_a_key_set_explicitly_wins_over_the_preset(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('preset = "max-privacy"\n[tracker]\nhold_frames = 7\n')
+    settings = load_settings(path, [parse_assignment("detector.threshold=0.3")])
+    assert settings.detector.tiles_per_frame == 1  # from the preset
+    assert settings.tracker.hold_frames == 7  # the file wins
+    assert settings.detector.threshold == 0.3  # the command line wins
+    assert load_settings(None, [{"preset": "fast"}]).detector.tile_scale == 1.0
+
+
+def test_unknown_preset_names_the_choices() -> None:
+    with pytest.raises(ConfigError, match="fast, balanced, max-privacy"):
+        load_settings(None, [{"preset": "paranoid"}])

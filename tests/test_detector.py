@@ -225,7 +225,7 @@ def test_tiles_cover_the_whole_frame_with_overlap(height: int, width: int, max_s
 def test_no_tiles_where_the_whole_frame_pass_already_sees_native_resolution(
     height: int, width: int, max_side: int
 ) -> None:
-    assert tiles(height, width, DetectorConfig(max_side=max_side)) == []
+    assert tiles(height, width, DetectorConfig(max_side=max_side, tile_scale=1.0)) == []
     assert tiles(1080, 1920, DetectorConfig(tile_scale=0)) == []
 
 

@@ -51,7 +51,7 @@ def test_video_in_mp4_out_every_frame_masked(clip: AstronautClip, clip_path: Pat
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [r["seq"] for r in records] == list(range(clip.frames))
     assert all(all(v > 0 for v in r["stamps_ns"].values()) for r in records)
-    assert all(r["boxes"] >= 1 and not r["full_mask"] for r in records)
+    assert all(len(r["detected"]) >= 1 and not r["full_mask"] for r in records)
 
 
 def test_image_folder_in_same_names_out(clip: AstronautClip, tmp_path: Path) -> None:
@@ -88,10 +88,10 @@ def test_stills_are_scanned_at_high_resolution(tmp_path: Path, stills: bool) -> 
     assert result.returncode == 0, result.stderr
     out = cv2.imread(str(tmp_path / "out/photos/street.png"))
     x1, y1, x2, y2 = (round(v) for v in face)
-    # a 22 px face is lost in the 256 px whole-frame view; only --stills looks at it at full resolution
+    # a 22 px face is lost in the 256 px whole-frame view; only --stills looks at it in high-resolution tiles
     assert (out[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2] == 0).all() == stills
     written = json.loads(summary.read_text())
-    assert written["workers"][0].startswith("CPU, input longest side 256; tiles of 512 px at 1x, 0 per video frame")
+    assert written["workers"][0].startswith("CPU, input longest side 256; tiles of 512 px at 2x, 0 per video frame")
     streams = written["streams"]
     assert [(s["stream"], s["frames_in"], s["frames_out"], s["dropped"]) for s in streams] == [("photos", 1, 1, 0)]
     assert set(streams[0]["latency_ms"]) >= {"detect", "end to end"}

@@ -1,0 +1,150 @@
+"""Temporal hold: unit cases, and a real pipeline whose detector is blind in some frames."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from anonstream.config import TrackerConfig
+from anonstream.demo import AstronautClip, astronaut_bgr
+from anonstream.stream.tracker import Tracker
+from anonstream.workers.runtime import default_model_path
+from tests.conftest import decode_video, run_cli
+
+SHAPE = (360, 640, 3)
+FACE = np.array([[100, 100, 140, 150]], np.float32)
+NONE = np.zeros((0, 4), np.float32)
+
+
+def test_a_missed_face_is_held_moved_and_grown() -> None:
+    tracker = Tracker(TrackerConfig(hold_frames=5, grow=0.1))
+    assert len(tracker.update(0, SHAPE, FACE)) == 0  # detected: the worker masked it already
+    step = np.array([10, 0, 10, 0], np.float32)  # moving right, 10 px per frame
+    assert len(tracker.update(1, SHAPE, FACE + step)) == 0
+    held = tracker.update(2, SHAPE, NONE)
+    assert len(held) == 1
+    centre = (held[0, :2] + held[0, 2:]) / 2
+    assert centre[0] > 130  # moved on with the face (it was at 130 in frame 1)
+    assert held[0, 2] - held[0, 0] > 40 and held[0, 3] - held[0, 1] > 50  # and grew
+
+
+def test_a_hold_ends_after_hold_frames() -> None:
+    tracker = Tracker(TrackerConfig(hold_frames=3))
+    tracker.update(0, SHAPE, FACE)
+    assert [len(tracker.update(seq, SHAPE, NONE)) for seq in range(1, 7)] == [1, 1, 1, 0, 0, 0]
+
+
+def test_lost_frames_count_as_time_passing() -> None:
+    tracker = Tracker(TrackerConfig(hold_frames=3))
+    tracker.update(0, SHAPE, FACE)
+    assert len(tracker.update(2, SHAPE, NONE)) == 1
+    assert len(tracker.update(9, SHAPE, NONE)) == 0
+
+
+def test_only_the_missed_face_is_held() -> None:
+    other = np.array([[400, 50, 440, 100]], np.float32)
+    tracker = Tracker(TrackerConfig())
+    tracker.update(0, SHAPE, np.concatenate([FACE, other]))
+    held = tracker.update(1, SHAPE, other + 2)
+    assert len(held) == 1 and held[0, 0] < 200
+
+
+@pytest.mark.parametrize(
+    ("config", "shape", "blind"),
+    [
+        (TrackerConfig(hold_frames=0), SHAPE, False),  # off
+        (TrackerConfig(), (720, 1280, 3), False),  # a new frame size is a new scene
+        (TrackerConfig(), SHAPE, True),  # a fully masked frame needs nothing added
+    ],
+)
+def test_nothing_held(config: TrackerConfig, shape: tuple[int, ...], blind: bool) -> None:
+    tracker = Tracker(config)
+    tracker.update(0, SHAPE, FACE)
+    assert len(tracker.update(1, shape, NONE, blind=blind)) == 0
+
+
+def test_no_detections_ever_means_no_masks() -> None:
+    tracker = Tracker(TrackerConfig())
+    assert all(len(tracker.update(seq, SHAPE, NONE)) == 0 for seq in range(10))
+
+
+MARK = 16  # a white square this big in the top-left corner blinds the detector
+
+
+def blinkered_model(path: Path) -> Path:
+    """CenterFace, but it sees a blank image whenever the frame's top-left corner is white.
+
+    The recorded frame still shows the face: exactly the single-frame miss the tracker must cover.
+    """
+    model = onnx.load(str(default_model_path()))
+    graph = model.graph
+    image = graph.input[0].name
+    weights = {init.name for init in graph.initializer}
+    graph.input.remove(graph.input[0])
+    graph.input.insert(0, helper.make_tensor_value_info("frame", onnx.TensorProto.FLOAT, ["n", 3, "h", "w"]))
+    assert image not in weights
+    nodes = [
+        helper.make_node("Slice", ["frame"], ["corner"], starts=[0, 0, 4, 4], ends=[1, 3, 12, 12]),
+        helper.make_node("ReduceMin", ["corner"], ["darkest"], keepdims=0),
+        helper.make_node("Constant", [], ["white"], value=helper.make_tensor("w", onnx.TensorProto.FLOAT, [], [200.0])),
+        helper.make_node("Greater", ["darkest", "white"], ["blind"]),
+        helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("z", onnx.TensorProto.FLOAT, [], [0.0])),
+        helper.make_node("Where", ["blind", "zero", "frame"], [image]),
+    ]
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("hold", [15, 0])
+def test_face_hidden_from_the_detector_stays_masked(tmp_path: Path, hold: int) -> None:
+    clip = AstronautClip(frames=30)
+    blinded = {4, 5, 6, 15, 16, 17, 18, 19}
+    photo = astronaut_bgr()
+    frames = [clip.frame(i, photo) for i in range(clip.frames)]
+    for i in blinded:
+        frames[i][:MARK, :MARK] = 255
+    source = tmp_path / "clip.mp4"
+    _encode(frames, source, clip.fps)
+    jsonl = tmp_path / "frames.jsonl"
+    args = ["--source", str(source), "--record", str(tmp_path / "out"), "--mask", "solid", "--workers", "1"]
+    args += ["--model", str(blinkered_model(tmp_path / "blinkered.onnx")), "--metrics-jsonl", str(jsonl)]
+    result = run_cli("run", *args, "--set", f"tracker.hold_frames={hold}")
+    assert result.returncode == 0, result.stderr
+    out, _ = decode_video(tmp_path / "out" / "clip.mp4")
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert {r["seq"] for r in records if not r["detected"]} == blinded  # the detector really missed them
+    for index, frame in enumerate(out):
+        x1, y1, x2, y2 = clip.face_box(index)
+        filled = (frame[y1 + 3 : y2 - 3, x1 + 3 : x2 - 3] < 40).mean() > 0.95
+        # with the tracker every frame is masked; without it, the blinded frames show the face
+        assert filled == (hold > 0 or index not in blinded), f"frame {index}"
+        assert bool(records[index]["tracked"]) == (hold > 0 and index in blinded)
+
+
+def _encode(frames: list[np.ndarray], path: Path, fps: int) -> None:
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=Fraction(fps))
+        video.height, video.width = frames[0].shape[:2]
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": "12", "preset": "veryfast"}
+        for frame in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
+        container.mux(video.encode(None))
+
+
+def test_a_fast_face_continues_its_track_instead_of_leaving_a_ghost() -> None:
+    tracker = Tracker(TrackerConfig())
+    tracker.update(0, SHAPE, FACE)
+    # moved by 0.8 of its width: little overlap with where it was, but clearly the same face
+    assert len(tracker.update(1, SHAPE, FACE + np.array([32, 5, 32, 5], np.float32))) == 0
+    far = np.array([[400, 100, 440, 150]], np.float32)
+    assert len(tracker.update(2, SHAPE, far)) == 1  # a different face: the first one is held
