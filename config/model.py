@@ -45,9 +45,10 @@ class DetectorConfig(_Section):
     nms_iou: float = Field(default=0.3, gt=0, le=1)
     threads: int = Field(default=0, ge=0)
     tile_scale: float = Field(default=2.0, ge=0, le=4)
-    tile_size: int = Field(default=1024, ge=32)
+    tile_size: int = Field(default=512, ge=32)
     tile_overlap: int = Field(default=64, ge=0)
     tiles_per_frame: int = Field(default=0, ge=0)
+    tile_batch: int = Field(default=4, ge=1, le=64)
 
     @field_validator("max_side", "tile_size")
     @classmethod

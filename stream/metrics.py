@@ -28,7 +28,7 @@ INTERVALS: tuple[tuple[str, Stage, Stage], ...] = (
     ("detect", Stage.INFER_START, Stage.INFER_END),
     ("mask", Stage.INFER_END, Stage.MASKED),
     ("→ sequencer", Stage.MASKED, Stage.SEQUENCED),
-    ("record", Stage.SEQUENCED, Stage.RECORDED),
+    ("track + record", Stage.SEQUENCED, Stage.RECORDED),
     ("end to end", Stage.CAPTURED, Stage.RECORDED),
 )
 PERCENTILES = (50, 95, 99)

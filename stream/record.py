@@ -1,7 +1,8 @@
 """The record stage: sequence what the workers send, write it, measure it.
 
 It binds the socket every worker pushes to, restores each stream's order,
-hands frames to one recorder per stream and collects per-frame metrics. With
+lets each stream's tracker add the masks it still holds (tracker.py), hands
+frames to one recorder per stream and collects per-frame metrics. With
 ``expect`` it ends by itself once every expected stream has ended.
 """
 
@@ -78,7 +79,7 @@ class RecordStage:
         def handle(events: list[Released], frame_log: FrameLog) -> None:
             for event in events:
                 if isinstance(event, FrameMessage):
-                    self._record(hold(event), recorders, stats(event.header.stream), frame_log, counters)
+                    self._record(event, hold, recorders, stats(event.header.stream), frame_log, counters)
                 elif isinstance(event, Lost):
                     stats(event.stream).lost += event.count
                     frame_log.lost(event)
@@ -110,15 +111,16 @@ class RecordStage:
 
     def _record(
         self,
-        held: tuple[FrameMessage, np.ndarray],
+        message: FrameMessage,
+        hold: _Hold,
         recorders: dict[str, Recorder],
         stats: StreamMetrics,
         frame_log: FrameLog,
         counters: dict[str, int],
     ) -> None:
-        message, tracked = held
+        message.header.stamp(Stage.SEQUENCED)
+        message, tracked = hold(message)
         header = message.header
-        header.stamp(Stage.SEQUENCED)
         recorder = recorders.get(header.stream)
         if recorder is None:
             recorder = recorders[header.stream] = make_recorder(header.stream, header, self.settings.record)

@@ -256,3 +256,16 @@ def test_merge_covers_every_box_of_one_face_and_keeps_other_faces() -> None:
 def test_tile_overlap_must_leave_room_to_move(overlap: int) -> None:
     with pytest.raises(ValueError, match="tile_overlap"):
         DetectorConfig(tile_size=512, tile_overlap=overlap)
+
+
+def test_tiles_in_one_batch_find_what_they_find_one_by_one() -> None:
+    scene, _ = _small_face_scene()
+    scene[100:612, 200:712] = astronaut_bgr()  # a large face as well, in other tiles
+    results = []
+    for batch in (1, 3, 8):
+        config = DetectorConfig(device="cpu", max_side=256, tile_size=512, tile_batch=batch)
+        results.append(FaceDetector(config, threads=1).detect(scene, still=True))
+    assert len(results[0]) >= 2
+    for other in results[1:]:
+        np.testing.assert_allclose(other.boxes, results[0].boxes, atol=0.05)
+        np.testing.assert_allclose(other.scores, results[0].scores, atol=1e-4)

@@ -170,14 +170,20 @@ class FaceDetector:
         """Faces in one frame, in frame pixels: every view of ``plan`` merged."""
         frame = to_bgr8(image, stretch=True)
         height, width = frame.shape[:2]
-        found = [self._detect_view(frame, view) for view in plan(height, width, self.config, still, seq)]
+        views = plan(height, width, self.config, still, seq)
+        # Views of one input size (the tiles) go through the model together, tile_batch at a time.
+        found: list[Detections] = []
+        for size in dict.fromkeys(view.size for view in views):
+            same = [view for view in views if view.size == size]
+            for start in range(0, len(same), self.config.tile_batch):
+                found += self._detect_batch(frame, same[start : start + self.config.tile_batch])
         return found[0] if len(found) == 1 else merge(found, self.config.nms_iou)
 
-    def _detect_view(self, frame: np.ndarray, view: View) -> Detections:
-        x0, y0, x1, y1 = view.region
-        in_h, in_w = view.size
-        crop = frame[y0:y1, x0:x1]
-        blob = cv2.dnn.blobFromImage(crop, 1.0, (in_w, in_h), (0, 0, 0), swapRB=True, crop=False)
+    def _detect_batch(self, frame: np.ndarray, views: list[View]) -> list[Detections]:
+        """One inference over views of one input size; their faces in frame pixels."""
+        in_h, in_w = views[0].size
+        crops = [frame[y0:y1, x0:x1] for x0, y0, x1, y1 in (view.region for view in views)]
+        blob = cv2.dnn.blobFromImages(crops, 1.0, (in_w, in_h), (0, 0, 0), swapRB=True, crop=False)
         heatmap, scale, offset = self.session.run(self._outputs, {self._input: blob})
         expected = (in_h // STRIDE, in_w // STRIDE)
         if heatmap.shape[-2:] != expected or scale.shape[1] != 2 or offset.shape[1] != 2:
@@ -188,6 +194,12 @@ class FaceDetector:
         if not (np.isfinite(heatmap).all() and np.isfinite(scale).all() and np.isfinite(offset).all()):
             # A NaN heatmap would compare below every threshold and pass as "no face".
             raise ModelError("model produced non-finite output")
-        found = decode(heatmap[0], scale[0], offset[0], self.config.threshold, self.config.nms_iou)
-        factors = np.array([(x1 - x0) / in_w, (y1 - y0) / in_h] * 2, dtype=np.float32)
-        return Detections(found.boxes * factors + np.array([x0, y0, x0, y0], dtype=np.float32), found.scores)
+        if heatmap.shape[0] != len(views):
+            raise ModelError(f"model returned {heatmap.shape[0]} results for a batch of {len(views)}")
+        results = []
+        for i, (x0, y0, x1, y1) in enumerate(view.region for view in views):
+            found = decode(heatmap[i], scale[i], offset[i], self.config.threshold, self.config.nms_iou)
+            factors = np.array([(x1 - x0) / in_w, (y1 - y0) / in_h] * 2, dtype=np.float32)
+            shift = np.array([x0, y0, x0, y0], dtype=np.float32)
+            results.append(Detections(found.boxes * factors + shift, found.scores))
+        return results
