@@ -43,7 +43,8 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--preset",
         choices=PRESETS,
-        help="preset: fast (no tiles at 2x), balanced (default), max-privacy (tiles on video too, lower threshold); "
+        help="preset: fast (stills tiled at their own resolution, not 2x), balanced (default), max-privacy "
+        "(tiles on video too, lower threshold, longer hold); "
         "config/presets/ lists the keys each one sets, and any key set explicitly wins",
     )
     g.add_argument(
@@ -79,7 +80,10 @@ def _detector_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-STILLS_HELP = "capture.stills: every image stands alone (photos, not a sequence): scan all of it at high resolution"
+STILLS_HELP = (
+    "capture.stills: each image stands alone (photos, not a sequence): all of it is scanned in "
+    "high-resolution tiles, and no tracker state carries from one image to the next"
+)
 
 FLAG_KEYS = {
     "workers": "worker.count",

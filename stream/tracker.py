@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anonstream.config import TrackerConfig
+from anonstream.workers.detections import iou_matrix
 
 SMOOTHING = 0.5  # weight of the newest displacement in the velocity estimate
 COAST = 5  # frames a held mask keeps moving at the last velocity; after that it stays and only grows
@@ -64,18 +65,6 @@ def affinity(tracks: np.ndarray, last: np.ndarray, found: np.ndarray, min_iou: f
     similar = (size_f < 2 * size_last) & (size_last < 2 * size_f)
     near = np.where(similar & (distance < 1), min_iou * (1 - distance), 0.0)
     return np.asarray(np.where(overlap >= min_iou, overlap, near))
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of every box in ``a`` (N, 4) with every box in ``b`` (M, 4)."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9))
 
 
 class Tracker:

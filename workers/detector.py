@@ -24,7 +24,7 @@ import numpy as np
 from anonstream.config import DetectorConfig
 from anonstream.errors import ModelError
 from anonstream.stream.wire import to_bgr8
-from anonstream.workers.detections import Detections
+from anonstream.workers.detections import Detections, iou_matrix
 from anonstream.workers.runtime import create_session, load_model
 
 STRIDE = 4  # CenterFace's output map is a quarter of its input
@@ -90,16 +90,10 @@ def _suppress(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> li
     loop runs once per kept box, not once per candidate.
     """
     order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     groups: list[tuple[int, np.ndarray]] = []
     while order.size:
         best, rest = order[0], order[1:]
-        xx1 = np.maximum(boxes[best, 0], boxes[rest, 0])
-        yy1 = np.maximum(boxes[best, 1], boxes[rest, 1])
-        xx2 = np.minimum(boxes[best, 2], boxes[rest, 2])
-        yy2 = np.minimum(boxes[best, 3], boxes[rest, 3])
-        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
-        iou = inter / np.maximum(areas[best] + areas[rest] - inter, 1e-9)
+        iou = iou_matrix(boxes[best : best + 1], boxes[rest])[0]
         groups.append((int(best), rest[iou > iou_threshold]))
         order = rest[iou <= iou_threshold]
     return groups
