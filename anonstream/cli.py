@@ -66,7 +66,7 @@ def _detector_flags(parser: argparse.ArgumentParser) -> None:
         help="detector.device (default auto: the GPU if a session really runs there, else the CPU)",
     )
     g.add_argument("--model", type=Path, metavar="FILE", help="detector.model: a CenterFace-compatible ONNX file")
-    g.add_argument("--threshold", type=float, metavar="T", help="detector.threshold: minimum face score (default 0.16)")
+    g.add_argument("--threshold", type=float, metavar="T", help="detector.threshold: minimum face score (default 0.11)")
     g.add_argument(
         "--max-side",
         type=int,

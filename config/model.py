@@ -41,7 +41,7 @@ class DetectorConfig(_Section):
     device: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
     device_id: int = Field(default=0, ge=0)
     max_side: int = Field(default=640, ge=0)
-    threshold: float = Field(default=0.16, gt=0, lt=1)
+    threshold: float = Field(default=0.11, gt=0, lt=1)
     nms_iou: float = Field(default=0.3, gt=0, le=1)
     threads: int = Field(default=0, ge=0)
     tile_scale: float = Field(default=2.0, ge=0, le=4)
