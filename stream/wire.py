@@ -46,9 +46,9 @@ import numpy as np
 from anonstream.errors import WireError
 
 WIRE_VERSION = 2
-MAX_HEADER_BYTES = 64 * 1024
 MAX_SIDE = 16384
-MAX_BOXES = 4096
+MAX_BOXES = 4096  # boxes listed in a header; a crowd may have more masked, the best-scored are listed
+MAX_HEADER_BYTES = 64 * 1024 + MAX_BOXES * 48  # room for MAX_BOXES boxes (46 msgpack bytes each)
 
 MAX_STAMP = 2**62
 STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # also a safe file name

@@ -127,7 +127,9 @@ def test_face_hidden_from_the_detector_stays_masked(tmp_path: Path, hold: int) -
         filled = (frame[y1 + 3 : y2 - 3, x1 + 3 : x2 - 3] < 40).mean() > 0.95
         # with the tracker every frame is masked; without it, the blinded frames show the face
         assert filled == (hold > 0 or index not in blinded), f"frame {index}"
-        assert bool(records[index]["tracked"]) == (hold > 0 and index in blinded)
+        # a held mask sits on the face exactly where the detector missed it (no ghost after it returns)
+        on_face = [b for b in records[index]["tracked"] if b[0] < x2 and b[2] > x1 and b[1] < y2 and b[3] > y1]
+        assert bool(on_face) == (hold > 0 and index in blinded), f"frame {index}"
 
 
 def _encode(frames: list[np.ndarray], path: Path, fps: int) -> None:

@@ -12,6 +12,8 @@ import zmq
 from anonstream.errors import WireError
 from anonstream.stream.transport import FrameReceiver, FrameSender
 from anonstream.stream.wire import (
+    MAX_BOXES,
+    MAX_HEADER_BYTES,
     WIRE_VERSION,
     EndOfStream,
     Flag,
@@ -22,6 +24,7 @@ from anonstream.stream.wire import (
     encode,
     pixel_layout,
 )
+from anonstream.workers.detections import Detections
 
 rng = np.random.default_rng(7)
 
@@ -133,7 +136,7 @@ MALFORMED = {
     "short stamps": [_head(stamps=[0, 0]), PIXELS],
     "bad box": [_head(boxes=[[1, 2, 3]]), PIXELS],
     "unknown flags": [_head(flags=1024), PIXELS],
-    "oversized header": [b"\x00" * 70000, PIXELS],
+    "oversized header": [b"\x00" * (MAX_HEADER_BYTES + 1), PIXELS],
     "float channel count": [_head(shape=[4, 6, 3.0]), PIXELS],
     "absolute stream id": [_head(stream="/tmp/x"), PIXELS],
     "stream id with a slash": [_head(stream="a/../../b"), PIXELS],
@@ -184,3 +187,16 @@ def test_sender_without_room_does_not_block_when_asked_not_to(tmp_path: Path) ->
     with FrameSender(hwm=1).bind(endpoint) as sender:
         pixels = ARRAYS["one pixel"]
         assert not sender.send(FrameMessage(_header(pixels), pixels), block=False)
+
+
+def test_a_crowd_fits_in_one_header() -> None:
+    """A frame whose detector found more faces than a header lists still goes through, best boxes listed."""
+    pixels = ARRAYS["gray uint8 odd size"]
+    scores = rng.random(MAX_BOXES + 500).astype(np.float32)
+    boxes = np.column_stack([rng.uniform(0, 5000, (len(scores), 2))] * 2).astype(np.float32)
+    header = _header(pixels)
+    header.boxes = Detections(boxes, scores).to_wire()
+    decoded = decode(encode(FrameMessage(header, pixels)))
+    assert isinstance(decoded, FrameMessage)
+    assert len(decoded.header.boxes) == MAX_BOXES
+    assert min(b[4] for b in decoded.header.boxes) >= np.sort(scores)[-MAX_BOXES] - 1e-6

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anonstream.stream.wire import Box
+from anonstream.stream.wire import MAX_BOXES, Box
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +66,11 @@ class Detections:
         return out[keep]
 
     def to_wire(self) -> list[Box]:
+        """The boxes for the frame header, best first, at most MAX_BOXES (every box is masked regardless)."""
+        best = np.argsort(-self.scores, kind="stable")[:MAX_BOXES]
         return [
             (float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(s))
-            for b, s in zip(self.boxes, self.scores, strict=True)
+            for b, s in zip(self.boxes[best], self.scores[best], strict=True)
         ]
 
 
