@@ -337,7 +337,7 @@ def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool)
     out = _stdout_console()
     render(out, result.summary, result.reports, result.worker_restarts)
     if result.summary is not None and settings.metrics.summary_json is not None:
-        result.summary.write_json(settings.metrics.summary_json, result.workers)
+        result.summary.write_json(settings.metrics.summary_json, result.workers, result.worker_counts)
     if lossless:
         out.print(
             "Files are read as fast as the workers take them, so queue time above is back-pressure, not "

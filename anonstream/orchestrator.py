@@ -86,6 +86,16 @@ class PipelineResult:
     interrupted: bool
     workers: list[str]  # what each kind of worker runs on, e.g. "CPU, input longest side 640, 1 thread(s) each"
 
+    @property
+    def worker_counts(self) -> dict[str, int]:
+        """The workers' counters summed: frames, batches (inferences over frames), full masks..."""
+        totals: dict[str, int] = {}
+        for report in self.reports:
+            if report.title.startswith("worker"):
+                for key, value in report.counters.items():
+                    totals[key] = totals.get(key, 0) + value
+        return totals
+
 
 def runtime_base() -> str | None:
     """Where the private runtime folder goes: $XDG_RUNTIME_DIR if usable, else the system temp dir."""

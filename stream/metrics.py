@@ -61,10 +61,11 @@ class StreamSummary:
 class RunSummary:
     streams: list[StreamSummary]
 
-    def write_json(self, path: Path, workers: list[str]) -> None:
-        """``--summary-json``: the printed tables and what the workers ran on, for scripts and benchmarks."""
+    def write_json(self, path: Path, workers: list[str], worker_counts: dict[str, int]) -> None:
+        """``--summary-json``: the printed tables and what the workers ran on and did, for scripts and benchmarks."""
         try:
-            text = json.dumps({"workers": workers} | dataclasses.asdict(self), indent=2)
+            head = {"workers": workers, "worker_counts": worker_counts}
+            text = json.dumps(head | dataclasses.asdict(self), indent=2)
             path.write_text(text + "\n", encoding="utf-8")
         except OSError as exc:
             raise RecorderError(f"cannot write the summary to {path}: {exc.strerror}") from None

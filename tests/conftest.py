@@ -11,9 +11,14 @@ from pathlib import Path
 
 import av
 import numpy as np
+import onnx
 import pytest
+from onnx import helper
 
 from anonstream.demo import AstronautClip
+from anonstream.workers.runtime import default_model_path
+
+MARK = 16  # a white square this big in the top-left corner of a frame triggers marked_model
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +62,29 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
         yield tmp_path
     finally:
         os.chdir(cwd)
+
+
+def marked_model(path: Path, fill: float) -> Path:
+    """CenterFace, but any image whose top-left corner is white looks like ``fill`` to it.
+
+    ``fill=0`` blinds the detector on marked frames while the recorded frame
+    still shows the face (the miss a tracker must cover); ``fill=nan`` makes
+    inference fail on them alone. Each image of a batch is judged on its own.
+    """
+    model = onnx.load(str(default_model_path()))
+    graph = model.graph
+    image = graph.input[0].name
+    graph.input.remove(graph.input[0])
+    graph.input.insert(0, helper.make_tensor_value_info("frame", onnx.TensorProto.FLOAT, ["n", 3, "h", "w"]))
+    nodes = [
+        helper.make_node("Slice", ["frame"], ["corner"], starts=[0, 0, 4, 4], ends=[2**62, 3, 12, 12]),
+        helper.make_node("ReduceMin", ["corner"], ["darkest"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Constant", [], ["white"], value=helper.make_tensor("w", onnx.TensorProto.FLOAT, [], [200.0])),
+        helper.make_node("Greater", ["darkest", "white"], ["marked"]),
+        helper.make_node("Constant", [], ["fill"], value=helper.make_tensor("f", onnx.TensorProto.FLOAT, [], [fill])),
+        helper.make_node("Where", ["marked", "fill", "frame"], [image]),
+    ]
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+    onnx.save(model, str(path))
+    return path

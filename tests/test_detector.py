@@ -263,7 +263,7 @@ def test_tiles_in_one_batch_find_what_they_find_one_by_one() -> None:
     scene[100:612, 200:712] = astronaut_bgr()  # a large face as well, in other tiles
     results = []
     for batch in (1, 3, 8):
-        config = DetectorConfig(device="cpu", max_side=256, tile_size=512, tile_batch=batch)
+        config = DetectorConfig(device="cpu", max_side=256, tile_size=512, batch_size=batch)
         results.append(FaceDetector(config, threads=1).detect(scene, still=True))
     assert len(results[0]) >= 2
     for other in results[1:]:

@@ -8,15 +8,12 @@ from pathlib import Path
 
 import av
 import numpy as np
-import onnx
 import pytest
-from onnx import helper
 
 from anonstream.config import TrackerConfig
 from anonstream.demo import AstronautClip, astronaut_bgr
 from anonstream.stream.tracker import Tracker
-from anonstream.workers.runtime import default_model_path
-from tests.conftest import decode_video, run_cli
+from tests.conftest import MARK, decode_video, marked_model, run_cli
 
 SHAPE = (360, 640, 3)
 FACE = np.array([[100, 100, 140, 150]], np.float32)
@@ -75,35 +72,6 @@ def test_no_detections_ever_means_no_masks() -> None:
     assert all(len(tracker.update(seq, SHAPE, NONE)) == 0 for seq in range(10))
 
 
-MARK = 16  # a white square this big in the top-left corner blinds the detector
-
-
-def blinkered_model(path: Path) -> Path:
-    """CenterFace, but it sees a blank image whenever the frame's top-left corner is white.
-
-    The recorded frame still shows the face: exactly the single-frame miss the tracker must cover.
-    """
-    model = onnx.load(str(default_model_path()))
-    graph = model.graph
-    image = graph.input[0].name
-    weights = {init.name for init in graph.initializer}
-    graph.input.remove(graph.input[0])
-    graph.input.insert(0, helper.make_tensor_value_info("frame", onnx.TensorProto.FLOAT, ["n", 3, "h", "w"]))
-    assert image not in weights
-    nodes = [
-        helper.make_node("Slice", ["frame"], ["corner"], starts=[0, 0, 4, 4], ends=[1, 3, 12, 12]),
-        helper.make_node("ReduceMin", ["corner"], ["darkest"], keepdims=0),
-        helper.make_node("Constant", [], ["white"], value=helper.make_tensor("w", onnx.TensorProto.FLOAT, [], [200.0])),
-        helper.make_node("Greater", ["darkest", "white"], ["blind"]),
-        helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("z", onnx.TensorProto.FLOAT, [], [0.0])),
-        helper.make_node("Where", ["blind", "zero", "frame"], [image]),
-    ]
-    for node in reversed(nodes):
-        graph.node.insert(0, node)
-    onnx.save(model, str(path))
-    return path
-
-
 @pytest.mark.parametrize("hold", [15, 0])
 def test_face_hidden_from_the_detector_stays_masked(tmp_path: Path, hold: int) -> None:
     clip = AstronautClip(frames=30)
@@ -116,7 +84,7 @@ def test_face_hidden_from_the_detector_stays_masked(tmp_path: Path, hold: int) -
     _encode(frames, source, clip.fps)
     jsonl = tmp_path / "frames.jsonl"
     args = ["--source", str(source), "--record", str(tmp_path / "out"), "--mask", "solid", "--workers", "1"]
-    args += ["--model", str(blinkered_model(tmp_path / "blinkered.onnx")), "--metrics-jsonl", str(jsonl)]
+    args += ["--model", str(marked_model(tmp_path / "blinkered.onnx", fill=0.0)), "--metrics-jsonl", str(jsonl)]
     result = run_cli("run", *args, "--set", f"tracker.hold_frames={hold}")
     assert result.returncode == 0, result.stderr
     out, _ = decode_video(tmp_path / "out" / "clip.mp4")

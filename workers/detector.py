@@ -16,6 +16,7 @@ multiple of 32 as the network requires. Boxes from all passes are merged
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -41,11 +42,24 @@ def input_size(height: int, width: int, max_side: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame to look at: its pixels, whether it stands alone, and its number (for tile rotation)."""
+
+    image: np.ndarray
+    still: bool = False
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class View:
     """One detector input: a region of the frame (x0, y0, x1, y1) resized to (height, width)."""
 
     region: tuple[int, int, int, int]
     size: tuple[int, int]
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        x0, y0, x1, y1 = self.region
+        return image[y0:y1, x0:x1]
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -158,25 +172,42 @@ class FaceDetector:
         size = f"longest side {cfg.max_side}" if cfg.max_side else "native resolution"
         fine = f"; tiles of {cfg.tile_size} px at {cfg.tile_scale:g}x, " if cfg.tile_scale else ""
         fine += f"{cfg.tiles_per_frame} per video frame, all for stills" if cfg.tile_scale else ""
-        return f"{self.provider.removesuffix('ExecutionProvider')}, input {size}{fine}"
+        batching = f"; batches of up to {cfg.batch_size}" if cfg.batch_size > 1 else "; no batching"
+        return f"{self.provider.removesuffix('ExecutionProvider')}, input {size}{fine}{batching}"
 
     def detect(self, image: np.ndarray, still: bool = False, seq: int = 0) -> Detections:
         """Faces in one frame, in frame pixels: every view of ``plan`` merged."""
-        frame = to_bgr8(image, stretch=True)
-        height, width = frame.shape[:2]
-        views = plan(height, width, self.config, still, seq)
-        # Views of one input size (the tiles) go through the model together, tile_batch at a time.
-        found: list[Detections] = []
-        for size in dict.fromkeys(view.size for view in views):
-            same = [view for view in views if view.size == size]
-            for start in range(0, len(same), self.config.tile_batch):
-                found += self._detect_batch(frame, same[start : start + self.config.tile_batch])
-        return found[0] if len(found) == 1 else merge(found, self.config.nms_iou)
+        return self.detect_many([Frame(image, still, seq)])[0]
 
-    def _detect_batch(self, frame: np.ndarray, views: list[View]) -> list[Detections]:
-        """One inference over views of one input size; their faces in frame pixels."""
+    def detect_many(self, frames: Sequence[Frame]) -> list[Detections]:
+        """Faces in each of several frames (of any streams), with as few inferences as their views allow.
+
+        Views of one input size (the whole frames of same-sized streams, the
+        tiles) go through the model together, ``batch_size`` at a time, so a
+        batch of frames costs one inference per size instead of one per view.
+        """
+        images = [to_bgr8(frame.image, stretch=True) for frame in frames]
+        jobs = [
+            (index, view)
+            for index, (image, frame) in enumerate(zip(images, frames, strict=True))
+            for view in plan(image.shape[0], image.shape[1], self.config, frame.still, frame.seq)
+        ]
+        found: list[list[Detections]] = [[] for _ in frames]
+        batch = self.config.batch_size
+        for size in dict.fromkeys(view.size for _, view in jobs):
+            same = [(index, view) for index, view in jobs if view.size == size]
+            for start in range(0, len(same), batch):
+                chunk = same[start : start + batch]
+                faces = self._detect_batch([(images[index], view) for index, view in chunk])
+                for (index, _), in_view in zip(chunk, faces, strict=True):
+                    found[index].append(in_view)
+        return [views[0] if len(views) == 1 else merge(views, self.config.nms_iou) for views in found]
+
+    def _detect_batch(self, chunk: list[tuple[np.ndarray, View]]) -> list[Detections]:
+        """One inference over views of one input size; their faces in their frames' pixels."""
+        views = [view for _, view in chunk]
         in_h, in_w = views[0].size
-        crops = [frame[y0:y1, x0:x1] for x0, y0, x1, y1 in (view.region for view in views)]
+        crops = [view.crop(image) for image, view in chunk]
         blob = cv2.dnn.blobFromImages(crops, 1.0, (in_w, in_h), (0, 0, 0), swapRB=True, crop=False)
         heatmap, scale, offset = self.session.run(self._outputs, {self._input: blob})
         expected = (in_h // STRIDE, in_w // STRIDE)

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 import cv2
+import numpy as np
 
 from anonstream.config import Settings
 from anonstream.process import Channel, Finished, log_sampled
-from anonstream.stream.transport import FrameReceiver, FrameSender
-from anonstream.stream.wire import EndOfStream, Flag, FrameMessage, Stage
-from anonstream.workers.detector import FaceDetector
+from anonstream.stream.transport import POLL_MS, FrameReceiver, FrameSender
+from anonstream.stream.wire import Box, EndOfStream, Flag, FrameHeader, FrameMessage, Stage
+from anonstream.workers.detections import Detections
+from anonstream.workers.detector import FaceDetector, Frame
 from anonstream.workers.masking import Masker, make_masker, mask_whole_frame
 
 log = logging.getLogger(__name__)
@@ -28,44 +32,98 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Anonymizer:
-    """Detection plus masking for one frame, failing closed."""
+    """Detection plus masking for a batch of frames, failing closed frame by frame."""
 
     detector: FaceDetector
     masker: Masker
-    counters: dict[str, int] = field(default_factory=lambda: {"frames": 0, "full_masked": 0, "unmaskable": 0})
+    counters: dict[str, int] = field(
+        default_factory=lambda: {"frames": 0, "batches": 0, "full_masked": 0, "unmaskable": 0}
+    )
 
     def process(self, message: FrameMessage) -> FrameMessage | None:
-        header = message.header
+        return self.process_batch([message])[0]
+
+    def process_batch(self, messages: list[FrameMessage]) -> list[FrameMessage | None]:
+        """Each frame anonymized (None: dropped, counted), in the order given.
+
+        Detection runs once for the whole batch; if it fails, each frame is
+        tried on its own, so that one bad frame costs only itself a full mask.
+        """
+        for message in messages:
+            message.header.stamp(Stage.INFER_START)
         try:
-            header.stamp(Stage.INFER_START)
-            detections = self.detector.detect(message.pixels, bool(header.flags & Flag.STILL), header.seq)
-            header.stamp(Stage.INFER_END)
+            found = self.detector.detect_many(
+                [Frame(m.pixels, bool(m.header.flags & Flag.STILL), m.header.seq) for m in messages]
+            )
+        except Exception as exc:
+            if len(messages) == 1:
+                return [self._mask_whole(messages[0], exc)]
+            log.warning("detection failed on a batch of %d frames (%s); trying them one by one", len(messages), exc)
+            return [self.process(message) for message in messages]
+        self.counters["batches"] += 1
+        results = []
+        for message, detections in zip(messages, found, strict=True):
+            message.header.stamp(Stage.INFER_END)
+            results.append(self._mask(message, detections))
+        return results
+
+    def _mask(self, message: FrameMessage, detections: Detections) -> FrameMessage | None:
+        try:
             # The received buffer belongs to this worker: mask it in place unless it is read-only.
             pixels = message.pixels if message.pixels.flags.writeable else message.pixels.copy()
             self.masker.apply(pixels, detections)
-            flags, boxes = Flag.ANONYMIZED, detections.to_wire()
         except Exception as exc:
-            failures = self.counters["full_masked"] = self.counters["full_masked"] + 1
-            if log_sampled(failures):
-                log.error(
-                    "%s frame %d: detection failed (%s: %s); sending it fully masked (%d so far)",
-                    header.stream,
-                    header.seq,
-                    type(exc).__name__,
-                    exc,
-                    failures,
-                )
-            try:
-                pixels = mask_whole_frame(message.pixels)
-            except Exception:
-                self.counters["unmaskable"] += 1
-                log.exception("%s frame %d: cannot even mask it whole; dropped", header.stream, header.seq)
-                return None
-            flags, boxes = Flag.ANONYMIZED | Flag.FULL_MASK, []
+            return self._mask_whole(message, exc)
+        return self._finish(message.header, Flag.ANONYMIZED, detections.to_wire(), pixels)
+
+    def _mask_whole(self, message: FrameMessage, exc: Exception) -> FrameMessage | None:
+        header = message.header
+        failures = self.counters["full_masked"] = self.counters["full_masked"] + 1
+        if log_sampled(failures):
+            log.error(
+                "%s frame %d: detection failed (%s: %s); sending it fully masked (%d so far)",
+                header.stream,
+                header.seq,
+                type(exc).__name__,
+                exc,
+                failures,
+            )
+        try:
+            pixels = mask_whole_frame(message.pixels)
+        except Exception:
+            self.counters["unmaskable"] += 1
+            log.exception("%s frame %d: cannot even mask it whole; dropped", header.stream, header.seq)
+            return None
+        return self._finish(header, Flag.ANONYMIZED | Flag.FULL_MASK, [], pixels)
+
+    def _finish(self, header: FrameHeader, flags: Flag, boxes: list[Box], pixels: np.ndarray) -> FrameMessage:
         self.counters["frames"] += 1
         out = dataclasses.replace(header, flags=flags, boxes=boxes)
         out.stamp(Stage.MASKED)
         return FrameMessage(out, pixels)
+
+
+def take_batch(receiver: FrameReceiver, size: int, wait_s: float) -> tuple[list[FrameMessage], EndOfStream | None]:
+    """Up to ``size`` frames from any streams: those already queued, and what arrives within ``wait_s`` of the first.
+
+    An end-of-stream closes the batch, so that it leaves after the frames
+    received before it. Returns empty-handed after one poll interval of quiet,
+    so the caller can look at its stop flag.
+    """
+    batch: list[FrameMessage] = []
+    deadline = 0.0
+    while len(batch) < size:
+        timeout_ms = POLL_MS if not batch else max(0, math.ceil((deadline - time.monotonic()) * 1000))
+        message = receiver.receive(timeout_ms)
+        if isinstance(message, EndOfStream):
+            return batch, message
+        if message is not None:
+            message.header.stamp(Stage.RECEIVED)
+            batch.append(message)
+            deadline = deadline or time.monotonic() + wait_s
+        elif not batch or time.monotonic() >= deadline:
+            break
+    return batch, None
 
 
 @dataclass(frozen=True)
@@ -93,14 +151,10 @@ class WorkerStage:
             sender.connect(self.output)
             channel.ready(f"{anonymizer.detector.description}, {threads} thread(s) each")
             while not stop.is_set():
-                message = receiver.receive()
-                if message is None:
-                    continue
-                if isinstance(message, EndOfStream):
-                    sender.send(message, stop)
-                    continue
-                message.header.stamp(Stage.RECEIVED)
-                result = anonymizer.process(message)
-                if result is not None:
-                    sender.send(result, stop)
+                batch, end = take_batch(receiver, cfg.detector.batch_size, cfg.detector.batch_wait_ms / 1000)
+                for result in anonymizer.process_batch(batch) if batch else []:
+                    if result is not None:
+                        sender.send(result, stop)
+                if end is not None:
+                    sender.send(end, stop)
             channel.send(Finished(self.title, {**anonymizer.counters, "rejected": receiver.rejected}))
