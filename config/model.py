@@ -48,7 +48,7 @@ class DetectorConfig(_Section):
     tile_size: int = Field(default=512, ge=32)
     tile_overlap: int = Field(default=64, ge=0)
     tiles_per_frame: int = Field(default=0, ge=0)
-    batch_size: int = Field(default=4, ge=1, le=64)
+    batch_size: int = Field(default=0, ge=0, le=64)
     batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
 
     @field_validator("max_side", "tile_size")

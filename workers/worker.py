@@ -151,7 +151,7 @@ class WorkerStage:
             sender.connect(self.output)
             channel.ready(f"{anonymizer.detector.description}, {threads} thread(s) each")
             while not stop.is_set():
-                batch, end = take_batch(receiver, cfg.detector.batch_size, cfg.detector.batch_wait_ms / 1000)
+                batch, end = take_batch(receiver, anonymizer.detector.batch_size, cfg.detector.batch_wait_ms / 1000)
                 for result in anonymizer.process_batch(batch) if batch else []:
                     if result is not None:
                         sender.send(result, stop)
