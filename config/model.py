@@ -40,6 +40,9 @@ class DetectorConfig(_Section):
     model: Path | None = None
     device: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
     device_id: int = Field(default=0, ge=0)
+    cudnn_algo_search: Literal["exhaustive", "heuristic", "default"] = "heuristic"
+    tensorrt_fp16: bool = True
+    tensorrt_cache: Path | None = None
     max_side: int = Field(default=640, ge=0)
     threshold: float = Field(default=0.11, gt=0, lt=1)
     nms_iou: float = Field(default=0.3, gt=0, le=1)

@@ -15,7 +15,7 @@ from anonstream.demo import ASTRONAUT_FACE, astronaut_bgr
 from anonstream.errors import DeviceError, ModelError
 from anonstream.workers.detections import Detections
 from anonstream.workers.detector import FaceDetector, decode, input_size, merge, nms, plan, tiles
-from anonstream.workers.runtime import default_model_path
+from anonstream.workers.runtime import default_model_path, provider_chain
 
 
 def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -104,6 +104,31 @@ def test_unusable_device_is_an_error_not_a_silent_fallback() -> None:
         pytest.skip("this machine really has a usable CUDA GPU")
     with pytest.raises(DeviceError):
         FaceDetector(DetectorConfig(device="cuda"))
+
+
+@pytest.mark.parametrize(
+    ("settings", "providers"),
+    [
+        ({"device": "cpu"}, ["CPUExecutionProvider"]),
+        ({"device": "auto"}, ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+        ({"device": "tensorrt"}, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]),
+    ],
+)
+def test_provider_options_follow_the_config(settings: dict[str, str], providers: list[str], tmp_path: Path) -> None:
+    config = DetectorConfig(
+        **settings, device_id=1, cudnn_algo_search="exhaustive", tensorrt_fp16=False, tensorrt_cache=tmp_path
+    )
+    chain = dict(provider_chain(config))
+    assert list(chain) == providers
+    if "CUDAExecutionProvider" in chain:
+        assert chain["CUDAExecutionProvider"] == {"device_id": 1, "cudnn_conv_algo_search": "EXHAUSTIVE"}
+    if "TensorrtExecutionProvider" in chain:
+        assert chain["TensorrtExecutionProvider"] == {
+            "device_id": 1,
+            "trt_fp16_enable": False,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(tmp_path),
+        }
 
 
 def test_auto_device_runs_where_the_session_really_is() -> None:

@@ -63,6 +63,22 @@ class View:
         return image[y0:y1, x0:x1]
 
 
+@dataclass(frozen=True, slots=True)
+class ModelInput:
+    """One inference's input (N x 3 x H x W) and, per image, the frame (by index) and view it shows."""
+
+    blob: np.ndarray
+    views: list[tuple[int, View]]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch of ``frames`` frames ready for the model."""
+
+    frames: int
+    inputs: list[ModelInput]
+
+
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
     """Evenly spaced tile origins along one side, covering it with at least ``overlap`` shared pixels."""
     if length <= tile:
@@ -158,9 +174,7 @@ class FaceDetector:
 
     def __init__(self, config: DetectorConfig, threads: int = 0) -> None:
         self.config = config
-        self.session, self.provider = create_session(
-            load_model(config.model), config.device, config.device_id, threads or config.threads
-        )
+        self.session, self.provider = create_session(load_model(config.model), config, threads or config.threads)
         self.batch_size = config.batch_size or (1 if self.provider == CPU else GPU_BATCH)
         self._input = self.session.get_inputs()[0].name
         outputs = self.session.get_outputs()
@@ -182,11 +196,15 @@ class FaceDetector:
         return self.detect_many([Frame(image, still, seq)])[0]
 
     def detect_many(self, frames: Sequence[Frame]) -> list[Detections]:
-        """Faces in each of several frames (of any streams), with as few inferences as their views allow.
+        """Faces in each of several frames (of any streams), with as few inferences as their views allow."""
+        return self.infer(self.prepare(frames))
+
+    def prepare(self, frames: Sequence[Frame]) -> Prepared:
+        """The model inputs for a batch of frames; CPU work a worker does while the previous batch infers.
 
         Views of one input size (the whole frames of same-sized streams, the
-        tiles) go through the model together, ``batch_size`` at a time, so a
-        batch of frames costs one inference per size instead of one per view.
+        tiles) go into one input, ``batch_size`` at a time, so a batch of
+        frames costs one inference per size instead of one per view.
         """
         images = [to_bgr8(frame.image, stretch=True) for frame in frames]
         jobs = [
@@ -194,23 +212,28 @@ class FaceDetector:
             for index, (image, frame) in enumerate(zip(images, frames, strict=True))
             for view in plan(image.shape[0], image.shape[1], self.config, frame.still, frame.seq)
         ]
-        found: list[list[Detections]] = [[] for _ in frames]
-        batch = self.batch_size
+        inputs = []
         for size in dict.fromkeys(view.size for _, view in jobs):
             same = [(index, view) for index, view in jobs if view.size == size]
-            for start in range(0, len(same), batch):
-                chunk = same[start : start + batch]
-                faces = self._detect_batch([(images[index], view) for index, view in chunk])
-                for (index, _), in_view in zip(chunk, faces, strict=True):
-                    found[index].append(in_view)
+            for start in range(0, len(same), self.batch_size):
+                chunk = same[start : start + self.batch_size]
+                crops = [view.crop(images[index]) for index, view in chunk]
+                blob = cv2.dnn.blobFromImages(crops, 1.0, size[::-1], (0, 0, 0), swapRB=True, crop=False)
+                inputs.append(ModelInput(blob, chunk))
+        return Prepared(len(frames), inputs)
+
+    def infer(self, prepared: Prepared) -> list[Detections]:
+        """Run the model on prepared inputs; each frame's faces, in frame pixels."""
+        found: list[list[Detections]] = [[] for _ in range(prepared.frames)]
+        for model_input in prepared.inputs:
+            faces = self._run(model_input.blob, [view for _, view in model_input.views])
+            for (index, _), in_view in zip(model_input.views, faces, strict=True):
+                found[index].append(in_view)
         return [views[0] if len(views) == 1 else merge(views, self.config.nms_iou) for views in found]
 
-    def _detect_batch(self, chunk: list[tuple[np.ndarray, View]]) -> list[Detections]:
+    def _run(self, blob: np.ndarray, views: list[View]) -> list[Detections]:
         """One inference over views of one input size; their faces in their frames' pixels."""
-        views = [view for _, view in chunk]
         in_h, in_w = views[0].size
-        crops = [view.crop(image) for image, view in chunk]
-        blob = cv2.dnn.blobFromImages(crops, 1.0, (in_w, in_h), (0, 0, 0), swapRB=True, crop=False)
         heatmap, scale, offset = self.session.run(self._outputs, {self._input: blob})
         expected = (in_h // STRIDE, in_w // STRIDE)
         if heatmap.shape[-2:] != expected or scale.shape[1] != 2 or offset.shape[1] != 2:

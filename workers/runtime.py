@@ -21,6 +21,7 @@ from typing import Any
 import onnx
 import onnxruntime as ort
 
+from anonstream.config import DetectorConfig
 from anonstream.errors import DeviceError, ModelError
 
 log = logging.getLogger(__name__)
@@ -106,29 +107,39 @@ def _reason(output: str) -> str:
     return "onnxruntime could not start it"
 
 
-def _provider_chain(device: str, device_id: int, cache_dir: Path | None) -> list[tuple[str, dict[str, Any]]]:
-    cuda = (CUDA, {"device_id": device_id, "cudnn_conv_algo_search": "HEURISTIC"})
-    if device == "cpu":
+def tensorrt_cache(config: DetectorConfig) -> Path:
+    """Where built TensorRT engines are kept: building one takes minutes, loading it seconds."""
+    if config.tensorrt_cache is not None:
+        return config.tensorrt_cache
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "anonstream" / "tensorrt"
+
+
+def provider_chain(config: DetectorConfig) -> list[tuple[str, dict[str, Any]]]:
+    """The providers to try, best first, with the options that matter for each."""
+    if config.device == "cpu":
         return [(CPU, {})]
-    if device == "cuda" or device == "auto":
+    cuda = (CUDA, {"device_id": config.device_id, "cudnn_conv_algo_search": config.cudnn_algo_search.upper()})
+    if config.device in ("cuda", "auto"):
         return [cuda, (CPU, {})]
-    trt: dict[str, Any] = {"device_id": device_id, "trt_fp16_enable": True}
-    if cache_dir is not None:
-        trt |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": os.fspath(cache_dir)}
+    trt = {
+        "device_id": config.device_id,
+        "trt_fp16_enable": config.tensorrt_fp16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": os.fspath(tensorrt_cache(config)),
+    }
     return [(TENSORRT, trt), cuda, (CPU, {})]
 
 
-def create_session(
-    model: bytes, device: str, device_id: int = 0, threads: int = 0, cache_dir: Path | None = None
-) -> tuple[ort.InferenceSession, str]:
-    """A session on the requested device, and the provider it really runs on."""
+def create_session(model: bytes, config: DetectorConfig, threads: int = 0) -> tuple[ort.InferenceSession, str]:
+    """A session on the device ``config`` asks for, and the provider it really runs on."""
+    device = config.device
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.inter_op_num_threads = 1
     if threads:
         options.intra_op_num_threads = threads
-    chain = _provider_chain(device, device_id, cache_dir)
+    chain = provider_chain(config)
     available = set(ort.get_available_providers())
     chain = [(name, opts) for name, opts in chain if name in available or name == CPU]
     try:

@@ -14,6 +14,7 @@ import math
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -24,7 +25,7 @@ from anonstream.process import Channel, Finished, log_sampled
 from anonstream.stream.transport import POLL_MS, FrameReceiver, FrameSender
 from anonstream.stream.wire import Box, EndOfStream, Flag, FrameHeader, FrameMessage, Stage
 from anonstream.workers.detections import Detections
-from anonstream.workers.detector import FaceDetector, Frame
+from anonstream.workers.detector import FaceDetector, Frame, Prepared
 from anonstream.workers.masking import Masker, make_masker, mask_whole_frame
 
 log = logging.getLogger(__name__)
@@ -43,18 +44,26 @@ class Anonymizer:
     def process(self, message: FrameMessage) -> FrameMessage | None:
         return self.process_batch([message])[0]
 
-    def process_batch(self, messages: list[FrameMessage]) -> list[FrameMessage | None]:
+    def prepare(self, messages: list[FrameMessage]) -> Prepared | None:
+        """The model inputs for a batch, made ahead; None if that fails (``process_batch`` then fails closed)."""
+        try:
+            return self.detector.prepare([_frame(m) for m in messages])
+        except Exception:
+            return None  # not swallowed: process_batch prepares again, and its failure is handled and counted there
+
+    def process_batch(
+        self, messages: list[FrameMessage], prepared: Prepared | None = None
+    ) -> list[FrameMessage | None]:
         """Each frame anonymized (None: dropped, counted), in the order given.
 
-        Detection runs once for the whole batch; if it fails, each frame is
-        tried on its own, so that one bad frame costs only itself a full mask.
+        Detection runs once for the whole batch (on ``prepared`` inputs when
+        given); if it fails, each frame is tried on its own, so that one bad
+        frame costs only itself a full mask.
         """
         for message in messages:
             message.header.stamp(Stage.INFER_START)
         try:
-            found = self.detector.detect_many(
-                [Frame(m.pixels, bool(m.header.flags & Flag.STILL), m.header.seq) for m in messages]
-            )
+            found = self.detector.infer(prepared or self.detector.prepare([_frame(m) for m in messages]))
         except Exception as exc:
             if len(messages) == 1:
                 return [self._mask_whole(messages[0], exc)]
@@ -101,6 +110,10 @@ class Anonymizer:
         out = dataclasses.replace(header, flags=flags, boxes=boxes)
         out.stamp(Stage.MASKED)
         return FrameMessage(out, pixels)
+
+
+def _frame(message: FrameMessage) -> Frame:
+    return Frame(message.pixels, bool(message.header.flags & Flag.STILL), message.header.seq)
 
 
 def take_batch(receiver: FrameReceiver, size: int, wait_s: float) -> tuple[list[FrameMessage], EndOfStream | None]:
@@ -150,11 +163,22 @@ class WorkerStage:
                 receiver.connect(endpoint)
             sender.connect(self.output)
             channel.ready(f"{anonymizer.detector.description}, {threads} thread(s) each")
-            while not stop.is_set():
-                batch, end = take_batch(receiver, anonymizer.detector.batch_size, cfg.detector.batch_wait_ms / 1000)
-                for result in anonymizer.process_batch(batch) if batch else []:
-                    if result is not None:
-                        sender.send(result, stop)
-                if end is not None:
-                    sender.send(end, stop)
+            size, wait_s = anonymizer.detector.batch_size, cfg.detector.batch_wait_ms / 1000
+
+            def take() -> tuple[list[FrameMessage], EndOfStream | None, Prepared | None]:
+                batch, end = take_batch(receiver, size, wait_s)
+                return batch, end, anonymizer.prepare(batch) if batch else None
+
+            # One thread takes and prepares the next batch while this one infers, masks and sends: the
+            # receiver is used by that thread only, the model and the sender by this one.
+            with ThreadPoolExecutor(1, thread_name_prefix="prepare") as ahead:
+                upcoming = ahead.submit(take)
+                while not stop.is_set():
+                    batch, end, prepared = upcoming.result()
+                    upcoming = ahead.submit(take)
+                    for result in anonymizer.process_batch(batch, prepared) if batch else []:
+                        if result is not None:
+                            sender.send(result, stop)
+                    if end is not None:
+                        sender.send(end, stop)
             channel.send(Finished(self.title, {**anonymizer.counters, "rejected": receiver.rejected}))
