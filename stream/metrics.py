@@ -24,7 +24,7 @@ from anonstream.stream.wire import EndOfStream, Flag, FrameHeader, Stage
 INTERVALS: tuple[tuple[str, Stage, Stage], ...] = (
     ("capture → send", Stage.CAPTURED, Stage.SENT),
     ("queue → worker", Stage.SENT, Stage.RECEIVED),
-    ("pre-process wait", Stage.RECEIVED, Stage.INFER_START),
+    ("batch + prepare", Stage.RECEIVED, Stage.INFER_START),  # filling a batch, resizing, the previous inference
     ("detect", Stage.INFER_START, Stage.INFER_END),
     ("mask", Stage.INFER_END, Stage.MASKED),
     ("→ sequencer", Stage.MASKED, Stage.SEQUENCED),
