@@ -90,7 +90,7 @@ class Anonymizer:
         failures = self.counters["full_masked"] = self.counters["full_masked"] + 1
         if log_sampled(failures):
             log.error(
-                "%s frame %d: detection failed (%s: %s); sending it fully masked (%d so far)",
+                "%s frame %d: could not anonymize it (%s: %s); sending it fully masked (%d so far)",
                 header.stream,
                 header.seq,
                 type(exc).__name__,
