@@ -2,10 +2,22 @@
 # the tests need, then lints, type-checks and runs the test suite.
 PYTHON ?= python3
 
-.PHONY: install test lint typecheck pytest demo
+.PHONY: install system-deps test lint typecheck pytest demo
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+
+# Debian packages for the RTSP tests: GStreamer's RTSP server, driven by the system Python
+# (tests/rtsp_server.py). Installed only when missing; needs root or sudo.
+SYSTEM_DEPS = python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+system-deps:
+	@/usr/bin/python3 tests/rtsp_server.py --check 2>/dev/null || { \
+		echo "installing the RTSP test server: $(SYSTEM_DEPS)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			--no-install-recommends $(SYSTEM_DEPS) >/dev/null; }
 
 lint:
 	ruff check .
@@ -17,7 +29,7 @@ typecheck:
 pytest:
 	$(PYTHON) -m pytest
 
-test: install lint typecheck pytest
+test: install system-deps lint typecheck pytest
 
 demo:
 	anonstream demo

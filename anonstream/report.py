@@ -28,7 +28,7 @@ def render(console: Console, summary: RunSummary | None, reports: list[Finished]
         return
     counts = Table(title="frames", title_justify="left", show_edge=False)
     counts.add_column("stream", no_wrap=True)
-    for column in ("in", "out", "dropped", "lost", "skipped", "refused", "full mask", "held", "fps"):
+    for column in ("in", "out", "dropped", "lost", "skipped", "refused", "full mask", "held", "outages", "fps"):
         counts.add_column(column, justify="right")
     for s in summary.streams:
         counts.add_row(
@@ -41,6 +41,7 @@ def render(console: Console, summary: RunSummary | None, reports: list[Finished]
             str(s.refused),
             str(s.full_masked),
             str(s.held),
+            f"{s.outages} ({s.down_s:.1f} s)" if s.outages else "0",
             f"{s.fps:.1f}",
         )
     console.print(counts)

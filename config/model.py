@@ -32,6 +32,11 @@ class CaptureConfig(_Section):
     folder_fps: float = Field(default=30.0, gt=0, le=1000)
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
     open_timeout_s: float = Field(default=10.0, gt=0)
+    stall_timeout_s: float = Field(default=5.0, gt=0)
+    reconnect: bool = True
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=10.0, gt=0)
+    give_up_s: float = Field(default=0.0, ge=0)
     linger_s: float = Field(default=30.0, ge=0)
     bind: str = "tcp://*:5555"
 

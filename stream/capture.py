@@ -37,7 +37,7 @@ class CaptureStage:
     def serve(self, stop: threading.Event, channel: Channel) -> None:
         cfg = self.settings
         with (
-            open_source(self.spec, self.stream_id, cfg.capture) as source,
+            open_source(self.spec, self.stream_id, cfg.capture, stop) as source,
             # Closing waits (up to linger_s) until the workers have taken every queued frame and the end of stream.
             FrameSender(cfg.transport.frame_hwm, round(cfg.capture.linger_s * 1000)).bind(self.endpoint) as sender,
         ):
@@ -52,6 +52,7 @@ class CaptureStage:
             first_pts = 0
             failure: SourceError | None = None
             frames = source.frames()
+            flags = Flag.STILL if cfg.capture.stills else Flag.NONE
             while True:
                 try:
                     frame = next(frames)
@@ -73,19 +74,20 @@ class CaptureStage:
                         reason = "stopped"
                         break
                     captured = time.time_ns()
+                rate = source.info.rate  # a network stream's is known once connected
                 header = FrameHeader(
                     stream=self.stream_id,
                     seq=seq,
                     index=frame.index,
                     pts=frame.pts,
                     time_base=(info.time_base.numerator, info.time_base.denominator),
-                    rate=(info.rate.numerator, info.rate.denominator),
+                    rate=(rate.numerator, rate.denominator),
                     shape=tuple(frame.pixels.shape),
                     dtype=str(frame.pixels.dtype),
                     pixfmt=pixel_layout(frame.pixels),
                     name=frame.name,
                     dropped=dropped,
-                    flags=Flag.STILL if cfg.capture.stills else Flag.NONE,
+                    flags=flags | Flag.RESUMED if frame.resumed else flags,
                 )
                 header.stamp(Stage.CAPTURED, captured)
                 header.stamp(Stage.SENT)
@@ -96,6 +98,8 @@ class CaptureStage:
                     break
                 else:
                     dropped += 1
+            if stop.is_set():
+                reason = "stopped"
             end = EndOfStream(self.stream_id, frames=seq, dropped=dropped, skipped=source.skipped, reason=reason)
             if not sender.send(end, _deadline(round(cfg.capture.linger_s * 1000))):
                 log.warning("%s: end of stream could not be delivered", self.stream_id)
@@ -119,4 +123,5 @@ def _deadline(ms: int) -> threading.Event:
 def _describe(info: SourceInfo, live: bool) -> str:
     total = f"{info.frames} frames" if info.frames else "length unknown"
     mode = "live, drops when behind" if live else "lossless"
-    return f"{info.kind} {info.uri} at {float(info.rate):.2f} fps, {total}, {mode}"
+    rate = "" if info.kind == "network" else f" at {float(info.rate):.2f} fps"  # a stream's is known once connected
+    return f"{info.kind} {info.uri}{rate}, {total}, {mode}"

@@ -45,6 +45,8 @@ class StreamSummary:
     refused: int
     full_masked: int
     held: int  # frames where the tracker added a mask the detector did not find
+    outages: int  # times a live source came back after an outage
+    down_s: float  # time without frames across those outages
     fps: float
     # label -> (p50, p95, p99) in milliseconds
     latency_ms: dict[str, tuple[float, float, float]]
@@ -79,12 +81,20 @@ class StreamMetrics:
     refused: int = 0
     full_masked: int = 0
     held: int = 0
+    outages: int = 0
+    down_s: float = 0.0
     dropped: int = 0
     end: EndOfStream | None = None
     highest_seq: int = -1
+    last_pts: int | None = None
 
     def frame(self, header: FrameHeader, held: int = 0) -> None:
         self.stamps.append(list(header.stamps))
+        if header.flags & Flag.RESUMED and self.last_pts is not None:
+            self.outages += 1
+            gap = (header.pts - self.last_pts) * header.time_base[0] / header.time_base[1]
+            self.down_s += max(0.0, gap - header.rate[1] / max(1, header.rate[0]))  # less one frame interval
+        self.last_pts = header.pts
         self.held += held > 0
         self.dropped = max(self.dropped, header.dropped)
         self.highest_seq = max(self.highest_seq, header.seq)
@@ -116,6 +126,8 @@ class StreamMetrics:
             refused=self.refused,
             full_masked=self.full_masked,
             held=self.held,
+            outages=self.outages,
+            down_s=self.down_s,
             fps=fps,
             latency_ms=latency,
         )

@@ -22,6 +22,8 @@ from anonstream.stream.wire import Flag, FrameHeader, FrameMessage, to_bgr8
 
 log = logging.getLogger(__name__)
 
+FINE_TIME_BASE = Fraction(1, 90000)
+
 
 class Recorder(Closing, ABC):
     def __init__(self, stream: str) -> None:
@@ -49,8 +51,9 @@ class Mp4Recorder(Recorder):
     """H.264 in MP4 at the source's frame rate and timestamps.
 
     A change of frame size starts a new segment file (``name-1.mp4``...), as
-    H.264 in MP4 cannot change size mid-stream. Fragmented MP4 (the default)
-    stays playable if the process is killed.
+    H.264 in MP4 cannot change size mid-stream, and so does a live source's
+    return after an outage, rather than one frame shown for the whole gap.
+    Fragmented MP4 (the default) stays playable if the process is killed.
     """
 
     def __init__(self, stream: str, path: Path, config: RecordConfig) -> None:
@@ -63,6 +66,7 @@ class Mp4Recorder(Recorder):
         self._shape: tuple[int, ...] = ()
         self._first_pts = 0
         self._last_pts = -1
+        self._rescale = Fraction(1)
 
     def _open(self, header: FrameHeader, height: int, width: int) -> None:
         self.close()
@@ -79,7 +83,11 @@ class Mp4Recorder(Recorder):
             raise RecorderError(f"codec {self.config.codec!r} is not a video encoder")
         video.width, video.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
         video.pix_fmt = "yuv420p"
-        video.time_base = video.codec_context.time_base = Fraction(*header.time_base)
+        # The source's own time base, unless it is coarser than the MP4 muxer handles (live sources
+        # count milliseconds, which it turns into non-monotonic timestamps); then 1/90000.
+        source = Fraction(*header.time_base)
+        video.time_base = video.codec_context.time_base = source if source.denominator >= 10000 else FINE_TIME_BASE
+        self._rescale = source / video.time_base
         video.options = {"crf": str(self.config.crf), "preset": self.config.preset}
         # No B-frames: no reordering delay for a live recorder, and fragmented MP4 (which has no
         # edit list) then starts presenting at time 0.
@@ -92,13 +100,13 @@ class Mp4Recorder(Recorder):
     def _write(self, message: FrameMessage) -> None:
         header, pixels = message.header, to_bgr8(message.pixels)
         height, width = pixels.shape[:2]
-        if self._container is None or (height, width) != self._shape:
+        if self._container is None or (height, width) != self._shape or header.flags & Flag.RESUMED:
             self._open(header, height, width)
         assert self._container is not None and self._video is not None
         if height % 2 or width % 2:
             pixels = cv2.copyMakeBorder(pixels, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
         frame = av.VideoFrame.from_ndarray(pixels, format="bgr24")
-        pts = max(header.pts - self._first_pts, self._last_pts + 1)
+        pts = max(round((header.pts - self._first_pts) * self._rescale), self._last_pts + 1)
         frame.pts, frame.time_base = pts, self._video.time_base
         self._last_pts = pts
         try:

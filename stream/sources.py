@@ -7,9 +7,12 @@ SourceError with what to do, so a bad ``--source`` never reaches a worker.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import random
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +43,7 @@ class SourceFrame:
     index: int
     pts: int
     name: str = ""
+    resumed: bool = False  # the first frame after an outage of a live source
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +120,10 @@ class VideoSource(Source):
         options: dict[str, str] = {}
         if uri.lower().startswith(("rtsp://", "rtsps://")):
             options = {"rtsp_transport": config.rtsp_transport, "fflags": "nobuffer", "flags": "low_delay"}
+        # A network read that waits longer than stall_timeout_s fails, and the stream is reopened.
+        timeout = (config.open_timeout_s, config.stall_timeout_s) if kind == "network" else config.open_timeout_s
         try:
-            self._container = av.open(uri, options=options, timeout=config.open_timeout_s)
+            self._container = av.open(uri, options=options, timeout=timeout)
         except av.FFmpegError as exc:
             what = "video file" if kind == "file" else "stream"
             raise SourceError(
@@ -221,10 +227,88 @@ class WebcamSource(Source):
         self._capture.release()
 
 
-def open_source(spec: SourceSpec, stream_id: str, config: CaptureConfig) -> Source:
+class NetworkSource(Source):
+    """A network stream (RTSP...) that comes back by itself: not up yet, dropped, or stalled.
+
+    Frames are stamped in milliseconds since the source was opened, across
+    reconnections, so an outage is a gap in time; the first frame after one
+    is marked ``resumed``. Waits between attempts double up to a cap, with
+    jitter, and end at once when ``stop`` is set.
+    """
+
+    def __init__(self, stream_id: str, uri: str, config: CaptureConfig, stop: threading.Event | None = None) -> None:
+        self._uri, self._config = uri, config
+        self._stop = stop or threading.Event()
+        self._random = random.Random()
+        self._stream: VideoSource | None = None
+        self.outages = 0
+        self.downtime_s = 0.0
+        self.info = SourceInfo(stream_id, "network", uri, Fraction(30), LIVE_TIME_BASE, None, True)
+        if not config.reconnect:
+            self._stream = self._connect()  # nothing will retry: fail now, with the reason
+
+    def _connect(self) -> VideoSource:
+        stream = VideoSource(self.info.stream_id, self._uri, "network", self._config)
+        self.info = dataclasses.replace(self.info, rate=stream.info.rate)
+        return stream
+
+    def _disconnect(self) -> None:
+        if self._stream is not None:
+            self.skipped += self._stream.skipped
+            self._stream.close()
+            self._stream = None
+
+    def frames(self) -> Iterator[SourceFrame]:
+        cfg = self._config
+        start = time.monotonic()
+        index = attempt = 0
+        down_since: float | None = None
+        while not self._stop.is_set():
+            try:
+                if self._stream is None:
+                    self._stream = self._connect()
+                    log.info("connected to %s", self._uri)
+                for frame in self._stream.frames():
+                    resumed = down_since is not None and index > 0
+                    if down_since is not None and index > 0:
+                        self.downtime_s += time.monotonic() - down_since
+                        log.warning("back after %.1f s without frames", time.monotonic() - down_since)
+                    down_since, attempt = None, 0
+                    pts = round((time.monotonic() - start) / LIVE_TIME_BASE)
+                    yield SourceFrame(frame.pixels, index, pts, resumed=resumed)
+                    index += 1
+                reason = "the stream ended"
+            except SourceError as exc:
+                reason = str(exc)
+            self._disconnect()
+            if not cfg.reconnect:
+                if reason == "the stream ended":
+                    return
+                raise SourceError(reason)
+            now = time.monotonic()
+            if down_since is None:
+                down_since = now
+                self.outages += index > 0
+            if cfg.give_up_s and now - down_since >= cfg.give_up_s:
+                raise SourceError(f"{reason}; no frame for {cfg.give_up_s:g} s (capture.give_up_s), giving up")
+            delay = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2**attempt) * self._random.uniform(0.5, 1.0)
+            if cfg.give_up_s:
+                delay = min(delay, down_since + cfg.give_up_s - now)  # one last attempt at the deadline
+            attempt += 1
+            log.warning("%s; reconnecting in %.1f s (attempt %d)", reason, delay, attempt)
+            self._stop.wait(delay)
+
+    def close(self) -> None:
+        self._disconnect()
+
+
+def open_source(spec: SourceSpec, stream_id: str, config: CaptureConfig, stop: threading.Event | None = None) -> Source:
+    """The source for ``spec``; ``stop`` ends a network source's waits between reconnection attempts."""
     kind = classify(spec.uri)
     if kind == "folder":
         return FolderSource(stream_id, spec.uri, config)
     if kind == "webcam":
         return WebcamSource(stream_id, spec.uri, config)
+    if kind == "network":
+        return NetworkSource(stream_id, spec.uri, config, stop)
     return VideoSource(stream_id, spec.uri, kind, config)

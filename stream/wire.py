@@ -45,7 +45,7 @@ import numpy as np
 
 from anonstream.errors import WireError
 
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 MAX_SIDE = 16384
 MAX_BOXES = 4096  # boxes listed in a header; a crowd may have more masked, the best-scored are listed
 MAX_HEADER_BYTES = 64 * 1024 + MAX_BOXES * 48  # room for MAX_BOXES boxes (46 msgpack bytes each)
@@ -69,6 +69,7 @@ class Flag(IntFlag):
     ANONYMIZED = 1  # a worker detected and masked this frame; only such frames may be recorded
     FULL_MASK = 2  # detection failed, so the whole frame was masked instead (fail closed)
     STILL = 4  # an image on its own (--stills): the worker scans all of it at high resolution
+    RESUMED = 8  # the first frame after a live source came back from an outage: recorders start a new segment
 
 
 class Stage(IntEnum):
@@ -325,7 +326,7 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
         if not isinstance(box, list) or len(box) != 5 or any(type(v) not in (int, float) for v in box):
             raise WireError("each box must be [x1, y1, x2, y2, score]")
         boxes.append((float(box[0]), float(box[1]), float(box[2]), float(box[3]), float(box[4])))
-    flags = _int(head, "flags", 0, int(Flag.ANONYMIZED | Flag.FULL_MASK | Flag.STILL))
+    flags = _int(head, "flags", 0, int(Flag.ANONYMIZED | Flag.FULL_MASK | Flag.STILL | Flag.RESUMED))
     header = FrameHeader(
         stream=_stream(head),
         seq=_int(head, "seq"),

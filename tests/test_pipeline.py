@@ -261,7 +261,7 @@ def test_each_role_runs_on_its_own_over_tcp(clip: AstronautClip, clip_path: Path
         ([], "no source given"),
         (["--source", "x" * 300], "cannot be used"),
         (["--source", "{clip}", "--metrics-jsonl", "{empty}"], "give a file name in an existing folder"),
-        (["--source", "rtsp://127.0.0.1:9/none", "--set", "capture.open_timeout_s=2"], "cannot open stream"),
+        (["--source", "rtsp://127.0.0.1:9/none", "--set", "capture.reconnect=false"], "cannot open stream"),
         (["--source", "/dev/video99"], "webcam '/dev/video99' cannot be opened"),
     ],
 )

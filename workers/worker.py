@@ -107,7 +107,8 @@ class Anonymizer:
 
     def _finish(self, header: FrameHeader, flags: Flag, boxes: list[Box], pixels: np.ndarray) -> FrameMessage:
         self.counters["frames"] += 1
-        out = dataclasses.replace(header, flags=flags, boxes=boxes)
+        carried = header.flags & (Flag.STILL | Flag.RESUMED)  # what the capture said about the frame goes on
+        out = dataclasses.replace(header, flags=carried | flags, boxes=boxes)
         out.stamp(Stage.MASKED)
         return FrameMessage(out, pixels)
 

@@ -1,0 +1,92 @@
+"""A real RTSP server on loopback that is late, goes away, and stalls: the stream comes back each time."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.conftest import anonstream_cmd, decode_video, free_port
+
+SERVER = Path(__file__).with_name("rtsp_server.py")
+SYSTEM_PYTHON = "/usr/bin/python3"  # GStreamer's Python bindings come from Debian, not from pip
+
+
+@contextmanager
+def rtsp_server(port: int) -> Iterator[subprocess.Popen[str]]:
+    check = subprocess.run([SYSTEM_PYTHON, str(SERVER), "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, f"GStreamer's RTSP server is not installed (`make system-deps`): {check.stderr}"
+    server = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        yield server
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _recorded(jsonl: Path) -> int:
+    return len(jsonl.read_text().splitlines()) if jsonl.exists() else 0
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_rtsp_stream_comes_back_after_a_late_start_a_drop_and_a_stall(tmp_path: Path) -> None:
+    port = free_port()
+    out, jsonl, summary = tmp_path / "out", tmp_path / "frames.jsonl", tmp_path / "summary.json"
+    args = ["--source", f"rtsp://127.0.0.1:{port}/cam", "--record", str(out), "--workers", "1"]
+    args += ["--metrics-jsonl", str(jsonl), "--summary-json", str(summary)]
+    for setting in ("stall_timeout_s=2", "open_timeout_s=2", "reconnect_min_s=0.2", "reconnect_max_s=1"):
+        args += ["--set", f"capture.{setting}"]
+    run = subprocess.Popen(anonstream_cmd("run", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)  # anonstream is up before the camera: it keeps trying
+        with rtsp_server(port):
+            _wait_for(lambda: _recorded(jsonl) >= 30, "the first frames")
+        time.sleep(3)  # the server is gone: connection refused, retried with backoff
+        with rtsp_server(port) as server:
+            _wait_for(lambda: _recorded(jsonl) >= 60, "frames after the server came back")
+            server.send_signal(signal.SIGSTOP)  # a stall: the connection stays open, no frame comes
+            time.sleep(4)
+            server.send_signal(signal.SIGCONT)
+            _wait_for(lambda: _recorded(jsonl) >= 90, "frames after the stall")
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, stderr
+    assert "reconnecting" in stderr and "back after" in stderr, stderr
+    stream = json.loads(summary.read_text())["streams"][0]
+    assert stream["outages"] == 2, stream
+    assert stream["down_s"] > 4, stream  # at least 3 s down, then 2 s of stall before it counts
+    assert stream["lost"] == stream["refused"] == 0
+    # each outage starts a new segment instead of freezing one frame over the gap; all of them play
+    stem = f"127.0.0.1-{port}-cam"
+    segments = [out / f"{stem}.mp4", out / f"{stem}-1.mp4", out / f"{stem}-2.mp4"]
+    assert sorted(out.iterdir()) == sorted(segments)
+    for segment in segments:
+        frames, _ = decode_video(segment)
+        assert len(frames) >= 10, segment
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["seq"] for r in records] == list(range(len(records)))  # in order, none missing
+
+
+def test_a_stream_that_never_comes_up_is_given_up_when_asked(tmp_path: Path) -> None:
+    source = f"rtsp://127.0.0.1:{free_port()}/cam"
+    args = ["--source", source, "--record", str(tmp_path / "out"), "--set", "capture.give_up_s=2"]
+    result = subprocess.run(anonstream_cmd("run", *args), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("reconnecting in") >= 2  # it did try again, with backoff, before giving up
+    assert "no frame for 2 s (capture.give_up_s), giving up" in result.stderr.splitlines()[-1]
