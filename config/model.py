@@ -116,6 +116,7 @@ class RecordConfig(_Section):
     crf: int = Field(default=20, ge=0, le=51)
     preset: str = "veryfast"
     fragmented: bool = True
+    keyframe_interval_s: float = Field(default=1.0, gt=0, le=60)
     bind: str = "tcp://*:5600"
     drain_timeout_s: float = Field(default=30.0, gt=0)
 

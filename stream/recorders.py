@@ -71,8 +71,10 @@ class Mp4Recorder(Recorder):
     def _open(self, header: FrameHeader, height: int, width: int) -> None:
         self.close()
         path = self.path if not self.paths else self.path.with_stem(f"{self.path.stem}-{len(self.paths)}")
-        flags = "frag_keyframe+empty_moov+default_base_moof"  # fragmented: playable if cut short
-        options = {"movflags": flags} if self.config.fragmented else {}
+        # Fragmented: a fragment per keyframe, each written out at once, so that a file cut short by a
+        # crash or kill -9 plays up to its last complete fragment (at most keyframe_interval_s lost).
+        flags = "frag_keyframe+empty_moov+default_base_moof"
+        options = {"movflags": flags, "flush_packets": "1"} if self.config.fragmented else {}
         try:
             container = av.open(os.fspath(path), mode="w", format="mp4", options=options)
         except (OSError, av.FFmpegError) as exc:
@@ -92,6 +94,7 @@ class Mp4Recorder(Recorder):
         # No B-frames: no reordering delay for a live recorder, and fragmented MP4 (which has no
         # edit list) then starts presenting at time 0.
         video.codec_context.max_b_frames = 0
+        video.codec_context.gop_size = max(1, round(rate * self.config.keyframe_interval_s))
         self._container, self._video = container, video
         self._shape = (height, width)
         self._first_pts, self._last_pts = header.pts, -1

@@ -207,6 +207,37 @@ def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, si
     assert not leftovers, _titles(set(leftovers))
 
 
+def test_killed_recorder_leaves_a_playable_masked_file_and_no_process(tmp_path: Path) -> None:
+    clip = AstronautClip(width=320, height=180, frames=900, fps=30)
+    source = clip.write(tmp_path / "long.mp4")
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        anonstream_cmd("run", "--source", str(source), "--record", str(out), "--workers", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / "long.mp4").exists():
+        time.sleep(0.2)
+    time.sleep(1.5)
+    children = _children(process.pid)
+    recorders = [pid for pid in children if "anonstream: record" in " ".join(_titles({pid}))]
+    assert len(recorders) == 1
+    os.kill(recorders[0], signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr  # the run failed, and says so
+    assert "record" in stderr.splitlines()[-1], stderr
+    leftovers = [pid for pid in children if _alive(pid)]
+    assert not leftovers, _titles(set(leftovers))
+    # fragmented MP4: everything written before the kill plays, and every frame of it is masked
+    raw, _ = decode_video(source)
+    anonymized, _ = decode_video(out / "long.mp4")
+    assert 10 < len(anonymized) < clip.frames
+    for index in range(0, len(anonymized), 10):
+        assert_face_masked(raw[index], anonymized[index], clip.face_box(index), f"frame {index}")
+
+
 def test_each_role_runs_on_its_own_over_tcp(clip: AstronautClip, clip_path: Path, tmp_path: Path) -> None:
     cap, rec = free_port(), free_port()
     out = tmp_path / "out"
