@@ -1,0 +1,142 @@
+"""Hostile input on the frame sockets: thousands of malformed messages while real frames flow.
+
+A worker and a record process run as users run them, over TCP. The test
+feeds the worker a real stream on one socket and, on a second one it also
+listens to, messages made by hypothesis: random bytes, wrong part counts,
+headers with fields of every wrong type and size, huge declared shapes,
+pixel buffers shorter or longer than declared. The same garbage goes
+straight to the record process. Every real frame must come out anonymized
+and in order, and both processes must live on and count what they rejected.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from anonstream.demo import AstronautClip, astronaut_bgr
+from anonstream.stream.transport import FrameSender
+from anonstream.stream.wire import EndOfStream, FrameHeader, FrameMessage, encode, pixel_layout
+from tests.conftest import anonstream_cmd, decode_video, free_port
+from tests.test_pipeline import assert_face_masked
+
+REAL = "real"
+FRAMES = 40
+GARBAGE = 3000
+
+
+def _header(stream: str, seq: int, pixels: np.ndarray) -> FrameHeader:
+    return FrameHeader(
+        stream, seq, seq, seq * 1000, (1, 30000), (30, 1), pixels.shape, str(pixels.dtype), pixel_layout(pixels)
+    )
+
+
+_SMALL = np.zeros((4, 6, 3), np.uint8)
+VALID = msgpack.unpackb(encode(FrameMessage(_header("fuzz", 0, _SMALL), _SMALL))[0])
+ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)  # what msgpack can carry
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    ints,
+    st.floats(allow_nan=True),
+    st.text(max_size=40),
+    st.binary(max_size=40),
+    st.lists(ints, max_size=5),
+    st.dictionaries(st.text(max_size=5), ints, max_size=3),
+)
+mutated_header = st.dictionaries(st.sampled_from([*VALID, "extra"]), values, min_size=1, max_size=4).map(
+    lambda changes: VALID | changes
+)
+huge_shape = st.tuples(st.integers(1, 2**40), st.integers(1, 2**40), st.sampled_from([1, 3, 4])).map(
+    lambda shape: VALID | {"shape": list(shape)}
+)
+pixels = st.binary(max_size=200)
+
+
+def _pack(head: dict[str, Any]) -> bytes:
+    packed: bytes = msgpack.packb(head)
+    return packed
+
+
+hostile = st.one_of(
+    st.lists(st.binary(max_size=100), min_size=1, max_size=4),  # anything at all
+    st.tuples(mutated_header.filter(lambda h: h.get("stream") != REAL).map(_pack), pixels).map(list),
+    st.tuples(huge_shape.map(_pack), pixels).map(list),
+    st.tuples(st.just(_pack(VALID)), pixels).map(list),  # a valid header, a buffer of the wrong length
+    st.tuples(st.just(_pack(VALID)), pixels, pixels).map(list),  # one part too many
+)
+
+
+def _corpus(count: int) -> list[list[bytes]]:
+    """``count`` hostile messages, drawn by hypothesis (which favours boundary values)."""
+    drawn: list[list[bytes]] = []
+
+    @settings(max_examples=count, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(hostile)
+    def draw(parts: list[bytes]) -> None:
+        drawn.append(parts)
+
+    draw()
+    return drawn
+
+
+def test_real_frames_come_through_thousands_of_hostile_messages(tmp_path: Path) -> None:
+    real_port, bad_port, rec_port = free_port(), free_port(), free_port()
+    out = tmp_path / "out"
+    record = subprocess.Popen(
+        anonstream_cmd("record", "--bind", f"tcp://127.0.0.1:{rec_port}", "--record", str(out), "--expect", REAL),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    worker_args = ["--input", f"tcp://127.0.0.1:{real_port}", "--input", f"tcp://127.0.0.1:{bad_port}"]
+    worker = subprocess.Popen(
+        anonstream_cmd("worker", *worker_args, "--output", f"tcp://127.0.0.1:{rec_port}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    corpus = _corpus(GARBAGE)
+    clip = AstronautClip(width=320, height=180, frames=FRAMES)
+    photo = astronaut_bgr()
+    raw = [clip.frame(i, photo) for i in range(FRAMES)]
+    context = zmq.Context()
+    context.setsockopt(zmq.LINGER, 0)
+    try:
+        with FrameSender(hwm=1000).bind(f"tcp://127.0.0.1:{real_port}") as real:
+            to_worker = context.socket(zmq.PUSH)
+            to_worker.bind(f"tcp://127.0.0.1:{bad_port}")
+            to_record = context.socket(zmq.PUSH)
+            to_record.connect(f"tcp://127.0.0.1:{rec_port}")
+            share = len(corpus) // FRAMES
+            for seq, frame in enumerate(raw):
+                assert real.send(FrameMessage(_header(REAL, seq, frame), frame.copy()))
+                for parts in corpus[seq * share : (seq + 1) * share]:
+                    to_worker.send_multipart(parts)
+                    to_record.send_multipart(parts)
+            assert real.send(EndOfStream(REAL, FRAMES))
+            record_out, record_err = record.communicate(timeout=120)
+    finally:
+        context.destroy()
+        worker.send_signal(signal.SIGINT)
+        _, worker_err = worker.communicate(timeout=60)
+        if record.poll() is None:
+            record.kill()
+            print(record.communicate())
+    assert record.returncode == 0, record_err
+    assert worker.returncode == 0, worker_err
+    assert "Traceback" not in record_err + worker_err
+    assert "rejected" in record_out  # counted, and said
+    assert "rejected malformed message" in worker_err
+    anonymized, _ = decode_video(out / f"{REAL}.mp4")
+    assert len(anonymized) == FRAMES  # every real frame, once, in order
+    for index, (before, after) in enumerate(zip(raw, anonymized, strict=True)):
+        assert_face_masked(before, after, clip.face_box(index), f"frame {index}")
