@@ -241,8 +241,6 @@ class NetworkSource(Source):
         self._stop = stop or threading.Event()
         self._random = random.Random()
         self._stream: VideoSource | None = None
-        self.outages = 0
-        self.downtime_s = 0.0
         self.info = SourceInfo(stream_id, "network", uri, Fraction(30), LIVE_TIME_BASE, None, True)
         if not config.reconnect:
             self._stream = self._connect()  # nothing will retry: fail now, with the reason
@@ -269,9 +267,8 @@ class NetworkSource(Source):
                     self._stream = self._connect()
                     log.info("connected to %s", self._uri)
                 for frame in self._stream.frames():
-                    resumed = down_since is not None and index > 0
-                    if down_since is not None and index > 0:
-                        self.downtime_s += time.monotonic() - down_since
+                    resumed = down_since is not None and index > 0  # not an outage before the first frame
+                    if down_since is not None and resumed:
                         log.warning("back after %.1f s without frames", time.monotonic() - down_since)
                     down_since, attempt = None, 0
                     pts = round((time.monotonic() - start) / LIVE_TIME_BASE)
@@ -288,7 +285,6 @@ class NetworkSource(Source):
             now = time.monotonic()
             if down_since is None:
                 down_since = now
-                self.outages += index > 0
             if cfg.give_up_s and now - down_since >= cfg.give_up_s:
                 raise SourceError(f"{reason}; no frame for {cfg.give_up_s:g} s (capture.give_up_s), giving up")
             delay = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2**attempt) * self._random.uniform(0.5, 1.0)
