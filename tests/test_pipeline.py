@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from anonstream.demo import AstronautClip
+from anonstream.demo import ASTRONAUT_FACE, AstronautClip, astronaut_bgr
 from tests.conftest import anonstream_cmd, decode_video, free_port, run_cli
 from tests.test_detector import _small_face_scene, broken_model
 
@@ -176,6 +176,14 @@ def _titles(pids: set[int]) -> list[str]:
     return titles
 
 
+def _survivors(pids: set[int], grace_s: float = 5.0) -> list[int]:
+    """The processes still alive after a short grace period: an orphan stays, one that is exiting goes."""
+    deadline = time.monotonic() + grace_s
+    while (alive := [pid for pid in pids if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, sig: int) -> None:
     long_clip = AstronautClip(width=320, height=180, frames=300, fps=30).write(tmp_path / "long.mp4")
@@ -203,7 +211,7 @@ def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, si
     frames, rate = decode_video(out / "long.mp4")
     assert 10 < len(frames) < 300 and rate == 30
     assert "end to end" in stdout
-    leftovers = [pid for pid in children if _alive(pid)]
+    leftovers = _survivors(children)
     assert not leftovers, _titles(set(leftovers))
 
 
@@ -228,7 +236,7 @@ def test_killed_recorder_leaves_a_playable_masked_file_and_no_process(tmp_path: 
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1, stderr  # the run failed, and says so
     assert "record" in stderr.splitlines()[-1], stderr
-    leftovers = [pid for pid in children if _alive(pid)]
+    leftovers = _survivors(children)
     assert not leftovers, _titles(set(leftovers))
     # fragmented MP4: everything written before the kill plays, and every frame of it is masked
     raw, _ = decode_video(source)
@@ -236,6 +244,25 @@ def test_killed_recorder_leaves_a_playable_masked_file_and_no_process(tmp_path: 
     assert 10 < len(anonymized) < clip.frames
     for index in range(0, len(anonymized), 10):
         assert_face_masked(raw[index], anonymized[index], clip.face_box(index), f"frame {index}")
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo = astronaut_bgr()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(photos / name), photo)
+    (photos / "empty.png").write_bytes(b"")
+    (photos / "garbage.png").write_bytes(b"\x89PNG not really" * 10)
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    result = run_cli("run", "--source", str(photos), "--record", str(out), "--summary-json", str(summary))
+    assert result.returncode == 0, result.stderr
+    assert "skipped" in result.stderr and "Traceback" not in result.stderr
+    stream = json.loads(summary.read_text())["streams"][0]
+    assert (stream["frames_out"], stream["skipped"]) == (2, 2)
+    assert sorted(p.name for p in (out / "photos").iterdir()) == ["a.png", "b.png"]
+    for name in ("a.png", "b.png"):
+        assert_face_masked(photo, cv2.imread(str(out / "photos" / name)), ASTRONAUT_FACE, name)
 
 
 def test_each_role_runs_on_its_own_over_tcp(clip: AstronautClip, clip_path: Path, tmp_path: Path) -> None:
@@ -278,6 +305,7 @@ def test_each_role_runs_on_its_own_over_tcp(clip: AstronautClip, clip_path: Path
     [
         (["--source", "/nonexistent/video.mp4"], "does not exist"),
         (["--source", "{text}"], "cannot open video file"),
+        (["--source", "{truncated}"], "cannot open video file"),
         (["--source", "{empty}"], "holds no images"),
         (["--source", "{clip}", "--set", "detector.threshhold=0.3"], "unknown key 'detector.threshhold'"),
         (["--source", "{clip}", "--workers", "many"], "invalid int value"),
@@ -313,7 +341,9 @@ def test_bad_input_is_one_clear_line(clip_path: Path, tmp_path: Path, args: list
     text.write_text("hello")
     empty = tmp_path / "empty"
     empty.mkdir()
-    fill = {"{clip}": str(clip_path), "{text}": str(text), "{empty}": str(empty)}
+    truncated = tmp_path / "truncated.mp4"  # cut in half: the index at its end is gone
+    truncated.write_bytes(clip_path.read_bytes()[: clip_path.stat().st_size // 2])
+    fill = {"{clip}": str(clip_path), "{text}": str(text), "{empty}": str(empty), "{truncated}": str(truncated)}
     args = [next((a.replace(k, v) for k, v in fill.items() if k in a), a) for a in args]
     if "--record" not in args:
         args += ["--record", str(tmp_path / "out")]
