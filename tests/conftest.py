@@ -16,6 +16,7 @@ import pytest
 from onnx import helper
 
 from anonstream.demo import AstronautClip
+from anonstream.stream.wire import FrameHeader, FrameMessage, pixel_layout
 from anonstream.workers.runtime import default_model_path
 
 MARK = 16  # a white square this big in the top-left corner of a frame triggers marked_model
@@ -88,3 +89,11 @@ def marked_model(path: Path, fill: float) -> Path:
         graph.node.insert(0, node)
     onnx.save(model, str(path))
     return path
+
+
+def raw_frame(stream: str, seq: int, pixels: np.ndarray) -> FrameMessage:
+    """A frame as a capture sends it (30 fps, not yet anonymized), for tests that feed workers directly."""
+    header = FrameHeader(
+        stream, seq, seq, seq * 1000, (1, 30000), (30, 1), pixels.shape, str(pixels.dtype), pixel_layout(pixels)
+    )
+    return FrameMessage(header, pixels)

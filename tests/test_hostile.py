@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from anonstream.demo import AstronautClip, astronaut_bgr
 from anonstream.stream.transport import FrameSender
-from anonstream.stream.wire import EndOfStream, FrameHeader, FrameMessage, encode, pixel_layout
-from tests.conftest import anonstream_cmd, decode_video, free_port
+from anonstream.stream.wire import EndOfStream, encode
+from tests.conftest import anonstream_cmd, decode_video, free_port, raw_frame
 from tests.test_pipeline import assert_face_masked
 
 REAL = "real"
@@ -33,14 +33,8 @@ FRAMES = 40
 GARBAGE = 3000
 
 
-def _header(stream: str, seq: int, pixels: np.ndarray) -> FrameHeader:
-    return FrameHeader(
-        stream, seq, seq, seq * 1000, (1, 30000), (30, 1), pixels.shape, str(pixels.dtype), pixel_layout(pixels)
-    )
-
-
 _SMALL = np.zeros((4, 6, 3), np.uint8)
-VALID = msgpack.unpackb(encode(FrameMessage(_header("fuzz", 0, _SMALL), _SMALL))[0])
+VALID = msgpack.unpackb(encode(raw_frame("fuzz", 0, _SMALL))[0])
 ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)  # what msgpack can carry
 values = st.one_of(
     st.none(),
@@ -118,7 +112,7 @@ def test_real_frames_come_through_thousands_of_hostile_messages(tmp_path: Path) 
             to_record.connect(f"tcp://127.0.0.1:{rec_port}")
             share = len(corpus) // FRAMES
             for seq, frame in enumerate(raw):
-                assert real.send(FrameMessage(_header(REAL, seq, frame), frame.copy()))
+                assert real.send(raw_frame(REAL, seq, frame.copy()))
                 for parts in corpus[seq * share : (seq + 1) * share]:
                     to_worker.send_multipart(parts)
                     to_record.send_multipart(parts)

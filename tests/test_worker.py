@@ -11,15 +11,11 @@ import pytest
 from anonstream.config import DetectorConfig, MaskConfig
 from anonstream.demo import AstronautClip, astronaut_bgr
 from anonstream.stream.transport import FrameReceiver, FrameSender
-from anonstream.stream.wire import EndOfStream, Flag, FrameHeader, FrameMessage
+from anonstream.stream.wire import EndOfStream, Flag
 from anonstream.workers.detector import FaceDetector, Frame
 from anonstream.workers.masking import make_masker
 from anonstream.workers.worker import Anonymizer, take_batch
-from tests.conftest import MARK, marked_model, run_cli
-
-
-def _message(stream: str, seq: int, pixels: np.ndarray) -> FrameMessage:
-    return FrameMessage(FrameHeader(stream, seq, 0, 0, (1, 30), (30, 1), pixels.shape, "uint8", "bgr"), pixels)
+from tests.conftest import MARK, marked_model, raw_frame, run_cli
 
 
 def _frames() -> list[Frame]:
@@ -51,7 +47,8 @@ def test_one_failing_frame_in_a_batch_costs_only_itself(tmp_path: Path) -> None:
     photo = astronaut_bgr()
     marked = photo.copy()
     marked[:MARK, :MARK] = 255
-    out = anonymizer.process_batch([_message("a", 0, photo.copy()), _message("b", 0, marked), _message("a", 1, photo)])
+    batch = [raw_frame("a", 0, photo.copy()), raw_frame("b", 0, marked), raw_frame("a", 1, photo)]
+    out = anonymizer.process_batch(batch)
     assert [(m.header.stream, m.header.seq) for m in out if m is not None] == [("a", 0), ("b", 0), ("a", 1)]
     flags = [m.header.flags for m in out if m is not None]
     assert flags == [Flag.ANONYMIZED, Flag.ANONYMIZED | Flag.FULL_MASK, Flag.ANONYMIZED]
@@ -64,7 +61,7 @@ def test_take_batch_fills_up_to_its_size_and_closes_at_end_of_stream(tmp_path: P
     pixels = np.zeros((4, 6, 3), np.uint8)
     with FrameReceiver(hwm=64).bind(endpoint) as receiver, FrameSender(hwm=64).connect(endpoint) as sender:
         for seq in range(5):
-            assert sender.send(_message("s", seq, pixels))
+            assert sender.send(raw_frame("s", seq, pixels))
         assert sender.send(EndOfStream("s", 5))
         first, end = take_batch(receiver, size=4, wait_s=10.0)  # the wait is cut short by a full batch
         assert [m.header.seq for m in first] == [0, 1, 2, 3] and end is None

@@ -29,7 +29,7 @@ from anonstream.workers.detections import Detections, iou_matrix
 from anonstream.workers.runtime import CPU, create_session, load_model
 
 STRIDE = 4  # CenterFace's output map is a quarter of its input
-GPU_BATCH = 8  # detector.batch_size "auto" on a GPU; on the CPU batching only slows the model down
+GPU_BATCH = 8  # detector.batch_size "auto" on a GPU (not yet measured); on the CPU batching gains little, then loses
 ALIGN = 32
 
 
