@@ -22,6 +22,11 @@ def _stream_table(s: StreamSummary) -> Table:
     return table
 
 
+def _by_stage(total: int, by: dict[str, int]) -> str:
+    """ "12 (capture 2, worker 10)": where a count came from, when it is not zero."""
+    return f"{total} ({', '.join(f'{stage} {n}' for stage, n in by.items() if n)})" if total else "0"
+
+
 def render(console: Console, summary: RunSummary | None, reports: list[Finished], worker_restarts: int = 0) -> None:
     if summary is None:
         console.print("[red]no summary: the record process did not report[/red]")
@@ -35,7 +40,7 @@ def render(console: Console, summary: RunSummary | None, reports: list[Finished]
             s.stream,
             str(s.frames_in),
             str(s.frames_out),
-            str(s.dropped),
+            _by_stage(s.dropped, s.dropped_by),
             str(s.lost),
             str(s.skipped),
             str(s.refused),

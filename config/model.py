@@ -123,6 +123,7 @@ class RecordConfig(_Section):
 
 class TransportConfig(_Section):
     frame_hwm: int = Field(default=8, ge=1)
+    live_depth: int = Field(default=1, ge=1, le=64)
     linger_ms: int = Field(default=2000, ge=0)
 
 

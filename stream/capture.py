@@ -2,7 +2,8 @@
 
 Files and folders are sent with back-pressure (nothing dropped) unless
 ``realtime`` is set; live sources and ``realtime`` never wait for the
-workers: a frame that cannot be queued is dropped and counted.
+workers: their frames are flagged LIVE, so that a worker behind drops the
+oldest, and a frame that cannot even be queued is dropped here and counted.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class CaptureStage:
             first_pts = 0
             failure: SourceError | None = None
             frames = source.frames()
-            flags = Flag.STILL if cfg.capture.stills else Flag.NONE
+            flags = (Flag.STILL if cfg.capture.stills else Flag.NONE) | (Flag.LIVE if live else Flag.NONE)
             while True:
                 try:
                     frame = next(frames)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -18,7 +19,7 @@ import numpy as np
 from anonstream.closing import Closing
 from anonstream.errors import RecorderError
 from anonstream.stream.sequencer import Lost
-from anonstream.stream.wire import EndOfStream, Flag, FrameHeader, Stage
+from anonstream.stream.wire import Dropped, EndOfStream, Flag, FrameHeader, Stage
 
 # (label, from stage, to stage), in pipeline order
 INTERVALS: tuple[tuple[str, Stage, Stage], ...] = (
@@ -39,7 +40,8 @@ class StreamSummary:
     stream: str
     frames_in: int
     frames_out: int
-    dropped: int
+    dropped: int  # by any stage; a live stream's frames are dropped rather than queued when the workers are behind
+    dropped_by: dict[str, int]  # stage -> frames: "capture" (its queue was full), "worker" (a newer frame was waiting)
     lost: int
     skipped: int
     refused: int
@@ -56,7 +58,10 @@ class StreamSummary:
         missing = sent + dropped - self.frames_in
         if missing <= 0:
             return self
-        return dataclasses.replace(self, frames_in=sent + dropped, dropped=dropped, lost=self.lost + missing)
+        by = self.dropped_by | {"capture": dropped}
+        return dataclasses.replace(
+            self, frames_in=sent + dropped, dropped=sum(by.values()), dropped_by=by, lost=self.lost + missing
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +88,8 @@ class StreamMetrics:
     held: int = 0
     outages: int = 0
     down_s: float = 0.0
-    dropped: int = 0
+    dropped: int = 0  # by the capture, as far as the frames tell
+    dropped_by: Counter[str] = field(default_factory=Counter)  # by later stages, from drop notices
     end: EndOfStream | None = None
     highest_seq: int = -1
     last_pts: int | None = None
@@ -103,7 +109,7 @@ class StreamMetrics:
 
     def summary(self) -> StreamSummary:
         sent = self.end.frames if self.end else self.highest_seq + 1
-        dropped = self.end.dropped if self.end else self.dropped
+        by = {"capture": self.end.dropped if self.end else self.dropped, "worker": self.dropped_by["worker"]}
         latency: dict[str, tuple[float, float, float]] = {}
         fps = 0.0
         if self.stamps:
@@ -118,9 +124,10 @@ class StreamMetrics:
             fps = len(table) / wall if wall > 0 else 0.0
         return StreamSummary(
             stream=self.stream,
-            frames_in=sent + dropped,
+            frames_in=sent + by["capture"],
             frames_out=len(self.stamps),
-            dropped=dropped,
+            dropped=sum(by.values()),
+            dropped_by=by,
             lost=self.lost,
             skipped=self.end.skipped if self.end else 0,
             refused=self.refused,
@@ -134,7 +141,7 @@ class StreamMetrics:
 
 
 class FrameLog(Closing):
-    """``--metrics-jsonl``: one JSON record per recorded frame, one per run of lost frames."""
+    """``--metrics-jsonl``: one JSON record per recorded frame, per dropped frame, and per run of lost frames."""
 
     def __init__(self, path: Path | None) -> None:
         try:
@@ -162,10 +169,12 @@ class FrameLog(Closing):
         self._file.write(json.dumps(record) + "\n")
 
     def lost(self, gap: Lost) -> None:
-        if self._file is None:
-            return
-        record = {"stream": gap.stream, "seq": gap.first_seq, "lost": gap.count}
-        self._file.write(json.dumps(record) + "\n")
+        if self._file is not None:
+            self._file.write(json.dumps({"stream": gap.stream, "seq": gap.first_seq, "lost": gap.count}) + "\n")
+
+    def dropped(self, drop: Dropped) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps({"stream": drop.stream, "seq": drop.seq, "dropped_by": drop.by}) + "\n")
 
     def close(self) -> None:
         if self._file is not None:

@@ -24,7 +24,7 @@ from anonstream.stream.recorders import Recorder, ensure_output_dir, make_record
 from anonstream.stream.sequencer import Ended, Lost, Released, Sequencer
 from anonstream.stream.tracker import Tracker
 from anonstream.stream.transport import FrameReceiver
-from anonstream.stream.wire import EndOfStream, Flag, FrameMessage, Message, Stage
+from anonstream.stream.wire import Dropped, Flag, FrameMessage, Message, Stage
 from anonstream.workers.detections import Detections
 from anonstream.workers.masking import Masker, make_masker
 
@@ -67,7 +67,7 @@ class RecordStage:
 
         def admitted(message: Message) -> bool:
             """Frames of streams nobody expects are rejected: a stray sender cannot grow state without bound."""
-            stream = message.stream if isinstance(message, EndOfStream) else message.header.stream
+            stream = message.header.stream if isinstance(message, FrameMessage) else message.stream
             if stream in metrics or (not self.expect and len(metrics) < MAX_STREAMS):
                 stats(stream)  # counted towards MAX_STREAMS from its first message, even while its frames wait
                 return True
@@ -80,6 +80,9 @@ class RecordStage:
             for event in events:
                 if isinstance(event, FrameMessage):
                     self._record(event, hold, recorders, stats(event.header.stream), frame_log, counters)
+                elif isinstance(event, Dropped):
+                    stats(event.stream).dropped_by[event.by] += 1
+                    frame_log.dropped(event)
                 elif isinstance(event, Lost):
                     stats(event.stream).lost += event.count
                     frame_log.lost(event)

@@ -3,15 +3,16 @@
 Workers finish frames out of order. The sequencer holds early frames until
 the missing ones arrive; a frame that has not come ``loss_timeout_s`` after
 the stream stalled on it (or once ``max_pending`` frames wait behind it) is
-declared lost, counted, and the stream moves on. Time is passed in, so the
-logic is exact to test.
+declared lost, counted, and the stream moves on. A worker's drop notice
+stands in for the frame it dropped, so a dropped frame holds nothing up.
+Time is passed in, so the logic is exact to test.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from anonstream.stream.wire import EndOfStream, FrameMessage
+from anonstream.stream.wire import Dropped, EndOfStream, FrameMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,14 +28,14 @@ class Ended:
     end: EndOfStream | None  # None: flushed before its end-of-stream arrived
 
 
-Released = FrameMessage | Lost | Ended
+Released = FrameMessage | Dropped | Lost | Ended
 
 
 @dataclass
 class _StreamState:
     name: str
     next_seq: int = 0
-    pending: dict[int, FrameMessage] = field(default_factory=dict)
+    pending: dict[int, FrameMessage | Dropped] = field(default_factory=dict)
     end: EndOfStream | None = None
     stalled_since: float | None = None
     finished: bool = False
@@ -57,15 +58,15 @@ class Sequencer:
         """Frames that arrived after they had been declared lost, per stream (discarded)."""
         return {name: s.late for name, s in self._streams.items()}
 
-    def push(self, message: FrameMessage | EndOfStream, now: float) -> list[Released]:
+    def push(self, message: FrameMessage | EndOfStream | Dropped, now: float) -> list[Released]:
         if isinstance(message, EndOfStream):
             state = self._state(message.stream)
             if state.finished or state.end is not None:
                 return []
             state.end = message
         else:
-            state = self._state(message.header.stream)
-            seq = message.header.seq
+            state = self._state(message.stream if isinstance(message, Dropped) else message.header.stream)
+            seq = message.seq if isinstance(message, Dropped) else message.header.seq
             if state.finished or seq < state.next_seq or seq in state.pending:
                 state.late += 1
                 return []

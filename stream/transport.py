@@ -3,7 +3,7 @@
 Frames flow over PUSH/PULL: a capture binds a PUSH socket, workers connect
 PULL sockets to every capture (fair-queued) and PUSH their output to the one
 record process, which binds a PULL socket. High-water marks and limits are
-named here and nowhere else.
+named here and nowhere else (their configurable ones in config.TransportConfig).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import zmq
 from anonstream.closing import Closing
 from anonstream.errors import WireError
 from anonstream.process import log_sampled
-from anonstream.stream.wire import Message, decode, encode
+from anonstream.stream.wire import Dropped, EndOfStream, FrameMessage, Message, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ DEFAULT_FRAME_HWM = 8  # frames queued per peer before a sender blocks or drops
 DEFAULT_LINGER_MS = 2000  # how long a closing socket keeps delivering queued frames
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # a larger message is refused by libzmq before it is allocated
 POLL_MS = 100  # how often blocking loops look at their stop flag
+MAX_BACKLOG = 256  # messages a worker holds unseen at most, whatever their streams claim
 
 
 class _Socket(Closing):
@@ -88,11 +89,21 @@ class FrameSender(_Socket):
 
 
 class FrameReceiver(_Socket):
-    """A PULL socket that validates every message and counts the ones it rejects."""
+    """A PULL socket that validates every message and counts the ones it rejects.
 
-    def __init__(self, hwm: int = DEFAULT_FRAME_HWM, linger_ms: int = DEFAULT_LINGER_MS) -> None:
+    ``accept`` names the message types this end expects; any other is rejected
+    like a malformed one (a worker has no use for a drop notice, say).
+    """
+
+    def __init__(
+        self,
+        hwm: int = DEFAULT_FRAME_HWM,
+        linger_ms: int = DEFAULT_LINGER_MS,
+        accept: tuple[type[Message], ...] = (FrameMessage, EndOfStream, Dropped),
+    ) -> None:
         super().__init__(zmq.PULL, hwm, linger_ms)
         self.rejected = 0
+        self._accept = accept
 
     def receive(self, timeout_ms: int = POLL_MS) -> Message | None:
         """The next valid message, or None after ``timeout_ms`` or a rejected one."""
@@ -100,7 +111,10 @@ class FrameReceiver(_Socket):
             return None
         parts = self.socket.recv_multipart(copy=False)
         try:
-            return decode(parts)
+            message = decode(parts)
+            if not isinstance(message, self._accept):
+                raise WireError(f"a {type(message).__name__} message is not expected here")
+            return message
         except Exception as exc:  # WireError, or whatever else a hostile message provokes: counted, never fatal
             self.rejected += 1
             if log_sampled(self.rejected):

@@ -1,14 +1,19 @@
-"""The wire format between anonstream's processes, version 2 (2 added Flag.STILL).
+"""The wire format between anonstream's processes, version 4.
+
+Version 2 added Flag.STILL, 3 Flag.RESUMED, 4 Flag.LIVE and the drop notice.
 
 A frame is a two-part ZeroMQ message: a msgpack header, then the raw pixel
 buffer, sent and received without copying. End of stream is its own one-part
-message. Every received message is validated before use; nothing is allocated
-on a header's say-so (pixels are a view of the buffer that arrived).
+message, and so is a drop notice: a worker's word that it dropped one frame of
+a live stream unseen because a newer one was waiting, so that the record
+stage moves on at once instead of waiting for the frame as lost. Every
+received message is validated before use; nothing is allocated on a
+header's say-so (pixels are a view of the buffer that arrived).
 
 Header keys (msgpack map; no other keys are accepted):
 
     v        int    wire version, WIRE_VERSION
-    kind     int    Kind.FRAME or Kind.END
+    kind     int    Kind.FRAME, Kind.END or Kind.DROP
     stream   str    stream id: letters, digits, '.', '_', '-', at most 64, not starting with '.', '_', '-'
     --- frames only ---
     seq      int    0, 1, 2... per stream, over the frames the capture sent
@@ -28,6 +33,9 @@ Header keys (msgpack map; no other keys are accepted):
     frames   int    how many frames the capture sent (seq 0..frames-1)
     skipped  int    source frames that could not be decoded
     reason   str    why the stream ended ("eof", "stopped", "error: ...")
+    --- drop notice only ---
+    seq      int    the frame dropped
+    by       str    the stage that dropped it, one of DROP_STAGES
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ import numpy as np
 
 from anonstream.errors import WireError
 
-WIRE_VERSION = 3
+WIRE_VERSION = 4
 MAX_SIDE = 16384
 MAX_BOXES = 4096  # boxes listed in a header; a crowd may have more masked, the best-scored are listed
 MAX_HEADER_BYTES = 64 * 1024 + MAX_BOXES * 48  # room for MAX_BOXES boxes (46 msgpack bytes each)
@@ -62,6 +70,7 @@ PIXEL_FORMATS = {"bgr": 3, "gray": 0, "bgra": 4}
 class Kind(IntEnum):
     FRAME = 1
     END = 2
+    DROP = 3
 
 
 class Flag(IntFlag):
@@ -70,6 +79,7 @@ class Flag(IntFlag):
     FULL_MASK = 2  # detection failed, so the whole frame was masked instead (fail closed)
     STILL = 4  # an image on its own (--stills): the worker scans all of it at high resolution
     RESUMED = 8  # the first frame after a live source came back from an outage: recorders start a new segment
+    LIVE = 16  # from a live source (or --realtime): a worker behind drops its older frames rather than queue them
 
 
 class Stage(IntEnum):
@@ -124,7 +134,19 @@ class EndOfStream:
     reason: str = "eof"
 
 
-Message = FrameMessage | EndOfStream
+DROP_STAGES = frozenset({"worker"})
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Frame ``seq`` of a live stream was dropped before detection, by stage ``by``."""
+
+    stream: str
+    seq: int
+    by: str = "worker"
+
+
+Message = FrameMessage | EndOfStream | Dropped
 
 
 def pixel_layout(pixels: np.ndarray) -> str:
@@ -151,6 +173,9 @@ def encode(message: Message) -> list[bytes | memoryview]:
             "reason": message.reason,
         }
         return [msgpack.packb(head)]
+    if isinstance(message, Dropped):
+        notice = {"v": WIRE_VERSION, "kind": int(Kind.DROP), "stream": message.stream, "seq": message.seq}
+        return [msgpack.packb(notice | {"by": message.by})]
     h = message.header
     pixels = np.ascontiguousarray(message.pixels)
     if tuple(pixels.shape) != tuple(h.shape) or str(pixels.dtype) != h.dtype:
@@ -197,6 +222,7 @@ _FRAME_KEYS = frozenset(
     }
 )
 _END_KEYS = frozenset({"v", "kind", "stream", "frames", "dropped", "skipped", "reason"})
+_DROP_KEYS = frozenset({"v", "kind", "stream", "seq", "by"})
 
 
 def _int(head: dict[str, Any], key: str, low: int = 0, high: int = 2**63 - 1) -> int:
@@ -284,6 +310,13 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
             skipped=_int(head, "skipped"),
             reason=_str(head, "reason"),
         )
+    if kind == Kind.DROP:
+        if len(parts) != 1 or set(head) != _DROP_KEYS:
+            raise WireError("malformed drop notice")
+        by = _str(head, "by", 16)
+        if by not in DROP_STAGES:
+            raise WireError(f"unknown dropping stage {by!r}")
+        return Dropped(stream=_stream(head), seq=_int(head, "seq"), by=by)
     if kind != Kind.FRAME:
         raise WireError(f"unknown message kind {kind!r}")
     if set(head) != _FRAME_KEYS:
@@ -326,7 +359,7 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
         if not isinstance(box, list) or len(box) != 5 or any(type(v) not in (int, float) for v in box):
             raise WireError("each box must be [x1, y1, x2, y2, score]")
         boxes.append((float(box[0]), float(box[1]), float(box[2]), float(box[3]), float(box[4])))
-    flags = _int(head, "flags", 0, int(Flag.ANONYMIZED | Flag.FULL_MASK | Flag.STILL | Flag.RESUMED))
+    flags = _int(head, "flags", 0, int(max(Flag)) * 2 - 1)
     header = FrameHeader(
         stream=_stream(head),
         seq=_int(head, "seq"),

@@ -16,7 +16,7 @@ import pytest
 from onnx import helper
 
 from anonstream.demo import AstronautClip
-from anonstream.stream.wire import FrameHeader, FrameMessage, pixel_layout
+from anonstream.stream.wire import Flag, FrameHeader, FrameMessage, pixel_layout
 from anonstream.workers.runtime import default_model_path
 
 MARK = 16  # a white square this big in the top-left corner of a frame triggers marked_model
@@ -91,9 +91,10 @@ def marked_model(path: Path, fill: float) -> Path:
     return path
 
 
-def raw_frame(stream: str, seq: int, pixels: np.ndarray) -> FrameMessage:
+def raw_frame(stream: str, seq: int, pixels: np.ndarray, flags: Flag = Flag.NONE) -> FrameMessage:
     """A frame as a capture sends it (30 fps, not yet anonymized), for tests that feed workers directly."""
+    layout = pixel_layout(pixels)
     header = FrameHeader(
-        stream, seq, seq, seq * 1000, (1, 30000), (30, 1), pixels.shape, str(pixels.dtype), pixel_layout(pixels)
+        stream, seq, seq, seq * 1000, (1, 30000), (30, 1), pixels.shape, str(pixels.dtype), layout, flags
     )
     return FrameMessage(header, pixels)

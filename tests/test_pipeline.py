@@ -407,12 +407,40 @@ def test_killed_worker_is_restarted_and_nothing_leaks(tmp_path: Path) -> None:
     assert "died" in stderr and "restarting" in stderr
     assert "1 worker restart(s)" in stdout
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    recorded = [r for r in records if "lost" not in r]
+    recorded = [r for r in records if "stamps_ns" in r]
     lost = sum(r["lost"] for r in records if "lost" in r)
-    assert clip.frames - 5 <= len(recorded) + lost <= clip.frames  # the rest: dropped live, and counted
+    dropped = sum("dropped_by" in r for r in records)
+    assert clip.frames - 5 <= len(recorded) + lost + dropped <= clip.frames  # the rest: dropped by the capture
     assert recorded[0]["index"] == 0
     raw, _ = decode_video(source)
     anonymized, _ = decode_video(out / "long.mp4")
+    assert len(anonymized) == len(recorded)
+    for record, after in zip(recorded, anonymized, strict=True):
+        index = record["index"]
+        assert_face_masked(raw[index], after, clip.face_box(index), f"frame {index}")
+
+
+def test_workers_behind_a_live_stream_drop_its_oldest_frames_and_count_them(tmp_path: Path) -> None:
+    """A 720p camera at 30 fps, one worker at full resolution (a few fps): it keeps up by dropping, not queueing."""
+    clip = AstronautClip(width=1280, height=720, frames=60, fps=30)
+    source = clip.write(tmp_path / "cam.mp4")
+    out, jsonl, summary = tmp_path / "out", tmp_path / "m.jsonl", tmp_path / "summary.json"
+    result = run_cli(
+        *("run", "--source", str(source), "--record", str(out), "--realtime", "--workers", "1", "--max-side", "0"),
+        *("--metrics-jsonl", str(jsonl), "--summary-json", str(summary), "--set", "detector.threads=1"),
+    )
+    assert result.returncode == 0, result.stderr
+    (stream,) = json.loads(summary.read_text())["streams"]
+    assert stream["dropped_by"]["worker"] > 0
+    assert stream["dropped"] == sum(stream["dropped_by"].values())
+    assert stream["lost"] == 0  # announced drops are not waited for, nor lost
+    assert stream["frames_in"] == stream["frames_out"] + stream["dropped"] == clip.frames
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    recorded = [r for r in records if "stamps_ns" in r]
+    assert [r["seq"] for r in recorded] == sorted(r["seq"] for r in recorded)
+    assert recorded[-1]["index"] == clip.frames - 1  # the newest frame is never the one dropped
+    raw, _ = decode_video(source)
+    anonymized, _ = decode_video(out / "cam.mp4")
     assert len(anonymized) == len(recorded)
     for record, after in zip(recorded, anonymized, strict=True):
         index = record["index"]

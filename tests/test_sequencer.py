@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from anonstream.stream.sequencer import Ended, Lost, Sequencer
-from anonstream.stream.wire import EndOfStream, FrameHeader, FrameMessage
+from anonstream.stream.wire import Dropped, EndOfStream, FrameHeader, FrameMessage
 
 
 def frame(seq: int, stream: str = "s") -> FrameMessage:
@@ -21,6 +21,8 @@ def seqs(events: list[object]) -> list[object]:
             out.append(e.header.seq)
         elif isinstance(e, Lost):
             out.append(("lost", e.first_seq, e.count))
+        elif isinstance(e, Dropped):
+            out.append(("dropped", e.seq))
         elif isinstance(e, Ended):
             out.append("end")
     return out
@@ -32,6 +34,16 @@ def test_out_of_order_frames_come_out_in_order() -> None:
     assert seqs(s.push(frame(1), 0)) == []
     assert seqs(s.push(frame(0), 0)) == [0, 1, 2]
     assert seqs(s.push(frame(3), 0)) == [3]
+
+
+def test_a_drop_notice_stands_in_for_its_frame_at_once() -> None:
+    """A frame a worker dropped holds nothing up: no wait for the loss timeout, and it is not counted lost."""
+    s = Sequencer(loss_timeout_s=1.0, max_pending=10)
+    assert seqs(s.push(frame(0), 0)) == [0]
+    assert seqs(s.push(frame(2), 0)) == []
+    assert seqs(s.push(Dropped("s", 1), 0)) == [("dropped", 1), 2]
+    assert seqs(s.push(Dropped("s", 3), 0)) == [("dropped", 3)]
+    assert seqs(s.push(EndOfStream("s", frames=4), 0)) == ["end"]
 
 
 def test_missing_frame_is_declared_lost_after_the_timeout() -> None:

@@ -15,6 +15,7 @@ from anonstream.stream.wire import (
     MAX_BOXES,
     MAX_HEADER_BYTES,
     WIRE_VERSION,
+    Dropped,
     EndOfStream,
     Flag,
     FrameHeader,
@@ -102,6 +103,28 @@ def test_end_of_stream_is_its_own_message(pair) -> None:  # type: ignore[no-unty
     assert _receive(receiver) == end
 
 
+def test_drop_notice_is_its_own_message(pair) -> None:  # type: ignore[no-untyped-def]
+    sender, receiver = pair
+    notice = Dropped("cam0", seq=41)
+    assert len(encode(notice)) == 1
+    sender.send(notice)
+    assert _receive(receiver) == notice
+
+
+def test_a_receiver_rejects_what_its_end_does_not_expect(tmp_path: Path) -> None:
+    """A worker takes frames and ends only: a drop notice sent to it is counted as rejected, like garbage."""
+    endpoint = f"ipc://{tmp_path}/w"
+    with (
+        FrameReceiver(accept=(FrameMessage, EndOfStream)).bind(endpoint) as receiver,
+        FrameSender().connect(endpoint) as sender,
+    ):
+        sender.send(Dropped("cam0", seq=1))
+        sender.send(EndOfStream("cam0", frames=2))
+        assert receiver.receive(5000) is None  # the notice, rejected
+        assert _receive(receiver) == EndOfStream("cam0", frames=2)
+        assert receiver.rejected == 1
+
+
 def _valid_parts() -> list[bytes]:
     pixels = np.zeros((4, 6, 3), np.uint8)
     return [bytes(p) for p in encode(FrameMessage(_header(pixels), pixels))]
@@ -114,6 +137,7 @@ def _head(**changes: object) -> bytes:
 
 
 PIXELS = bytes(4 * 6 * 3)
+DROP = {"v": WIRE_VERSION, "kind": 3, "stream": "s", "seq": 1, "by": "worker"}
 MALFORMED = {
     "random bytes": [b"\x93\xff\x00garbage"],
     "empty message": [b""],
@@ -154,6 +178,9 @@ MALFORMED = {
         ),
         PIXELS,
     ],
+    "drop notice with pixels": [msgpack.packb(DROP), PIXELS],
+    "drop notice by an unknown stage": [msgpack.packb(DROP | {"by": "capture"})],
+    "drop notice without seq": [msgpack.packb({k: v for k, v in DROP.items() if k != "seq"})],
 }
 
 

@@ -11,10 +11,10 @@ import pytest
 from anonstream.config import DetectorConfig, MaskConfig
 from anonstream.demo import AstronautClip, astronaut_bgr
 from anonstream.stream.transport import FrameReceiver, FrameSender
-from anonstream.stream.wire import EndOfStream, Flag
+from anonstream.stream.wire import Dropped, EndOfStream, Flag
 from anonstream.workers.detector import FaceDetector, Frame
 from anonstream.workers.masking import make_masker
-from anonstream.workers.worker import Anonymizer, take_batch
+from anonstream.workers.worker import Anonymizer, Backlog, Taken
 from tests.conftest import MARK, marked_model, raw_frame, run_cli
 
 
@@ -56,18 +56,52 @@ def test_one_failing_frame_in_a_batch_costs_only_itself(tmp_path: Path) -> None:
     assert anonymizer.counters["full_masked"] == 1
 
 
-def test_take_batch_fills_up_to_its_size_and_closes_at_end_of_stream(tmp_path: Path) -> None:
+def _seqs(taken: Taken) -> list[tuple[str, int]]:
+    return [(m.header.stream, m.header.seq) for m in taken.frames]
+
+
+def test_a_batch_fills_up_to_its_size_and_closes_at_end_of_stream(tmp_path: Path) -> None:
     endpoint = f"ipc://{tmp_path}/frames"
     pixels = np.zeros((4, 6, 3), np.uint8)
     with FrameReceiver(hwm=64).bind(endpoint) as receiver, FrameSender(hwm=64).connect(endpoint) as sender:
+        backlog = Backlog(receiver, size=4, wait_s=10.0, live_depth=1)
         for seq in range(5):
             assert sender.send(raw_frame("s", seq, pixels))
         assert sender.send(EndOfStream("s", 5))
-        first, end = take_batch(receiver, size=4, wait_s=10.0)  # the wait is cut short by a full batch
-        assert [m.header.seq for m in first] == [0, 1, 2, 3] and end is None
-        second, end = take_batch(receiver, size=4, wait_s=10.0)  # ... and by an end of stream
-        assert [m.header.seq for m in second] == [4] and end == EndOfStream("s", 5)
-        assert take_batch(receiver, size=4, wait_s=10.0) == ([], None)  # quiet: back to look at the stop flag
+        first = backlog.take()  # the wait is cut short by a full batch
+        assert _seqs(first) == [("s", 0), ("s", 1), ("s", 2), ("s", 3)] and first.end is None
+        second = backlog.take()  # ... and by an end of stream
+        assert _seqs(second) == [("s", 4)] and second.end == EndOfStream("s", 5)
+        assert backlog.take() == Taken([])  # quiet: back to look at the stop flag
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_a_worker_behind_drops_the_oldest_live_frames_and_never_a_lossless_one(tmp_path: Path, depth: int) -> None:
+    """While the worker was busy, 10 frames of a camera and 10 of a file arrived: it takes the camera's newest."""
+    endpoint = f"ipc://{tmp_path}/frames"
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    with FrameReceiver(hwm=64).bind(endpoint) as receiver, FrameSender(hwm=64).connect(endpoint) as sender:
+        backlog = Backlog(receiver, size=2, wait_s=0.0, live_depth=depth)
+        for seq in range(10):
+            assert sender.send(raw_frame("cam", seq, pixels, Flag.LIVE))
+        for seq in range(10):
+            assert sender.send(raw_frame("file", seq, pixels))
+            assert sender.send(raw_frame("cam2", seq, pixels, Flag.LIVE))  # behind the file's frames: waits
+        assert sender.send(EndOfStream("cam", 10))
+        taken: list[tuple[str, int]] = []
+        dropped: list[Dropped] = []
+        while (batch := backlog.take()).frames or batch.end:
+            taken += _seqs(batch)
+            dropped += batch.dropped
+            assert len(batch.frames) <= 2
+        assert [seq for stream, seq in taken if stream == "file"] == list(range(10))  # lossless: all, in order
+        kept = [seq for stream, seq in taken if stream == "cam"]
+        assert kept == list(range(10 - depth, 10))  # the newest, in order
+        assert [d.seq for d in dropped if d.stream == "cam"] == list(range(10 - depth))  # the rest announced
+        kept2 = [seq for stream, seq in taken if stream == "cam2"]
+        assert sorted([d.seq for d in dropped if d.stream == "cam2"] + kept2) == list(range(10))
+        assert all(d.by == "worker" for d in dropped)
+        assert len(backlog) == 0
 
 
 def test_batching_changes_no_mask_in_a_real_run(clip_path: Path, tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ Workers are stateless, so any frame of any stream can go to any of them. The
 one rule: nothing leaves a worker unless it is anonymized. When detection
 fails, the whole frame is masked instead and flagged FULL_MASK; when even
 that fails, the frame is dropped and counted (the sequencer counts it lost).
+A worker that falls behind a live stream drops its older frames unseen
+(``Backlog``), so latency stays bounded; each drop is announced downstream.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -22,8 +25,8 @@ import numpy as np
 
 from anonstream.config import Settings
 from anonstream.process import Channel, Finished, log_sampled
-from anonstream.stream.transport import POLL_MS, FrameReceiver, FrameSender
-from anonstream.stream.wire import Box, EndOfStream, Flag, FrameHeader, FrameMessage, Stage
+from anonstream.stream.transport import MAX_BACKLOG, POLL_MS, FrameReceiver, FrameSender
+from anonstream.stream.wire import Box, Dropped, EndOfStream, Flag, FrameHeader, FrameMessage, Stage
 from anonstream.workers.detections import Detections
 from anonstream.workers.detector import FaceDetector, Frame, Prepared
 from anonstream.workers.masking import Masker, make_masker, mask_whole_frame
@@ -107,7 +110,7 @@ class Anonymizer:
 
     def _finish(self, header: FrameHeader, flags: Flag, boxes: list[Box], pixels: np.ndarray) -> FrameMessage:
         self.counters["frames"] += 1
-        carried = header.flags & (Flag.STILL | Flag.RESUMED)  # what the capture said about the frame goes on
+        carried = header.flags & (Flag.STILL | Flag.RESUMED | Flag.LIVE)  # what the capture said goes on
         out = dataclasses.replace(header, flags=carried | flags, boxes=boxes)
         out.stamp(Stage.MASKED)
         return FrameMessage(out, pixels)
@@ -117,27 +120,106 @@ def _frame(message: FrameMessage) -> Frame:
     return Frame(message.pixels, bool(message.header.flags & Flag.STILL), message.header.seq)
 
 
-def take_batch(receiver: FrameReceiver, size: int, wait_s: float) -> tuple[list[FrameMessage], EndOfStream | None]:
-    """Up to ``size`` frames from any streams: those already queued, and what arrives within ``wait_s`` of the first.
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What a worker takes at once: frames to anonymize, then maybe an end of stream; drops to announce first."""
 
-    An end-of-stream closes the batch, so that it leaves after the frames
-    received before it. Returns empty-handed after one poll interval of quiet,
-    so the caller can look at its stop flag.
+    frames: list[FrameMessage]
+    end: EndOfStream | None = None
+    dropped: list[Dropped] = field(default_factory=list)
+
+
+class Backlog:
+    """What a worker has received and not yet taken, and the rule that keeps live streams fresh.
+
+    Frames of files and folders wait their turn, and no more of them are
+    received than one batch, so their capture feels back-pressure. A live
+    stream (Flag.LIVE) keeps only its ``live_depth`` newest frames here: when
+    a newer one arrives, the oldest is dropped unseen, so a worker that falls
+    behind catches up with the camera instead of queueing ever older frames.
+    (Live frames queued behind a batch's worth of lossless ones wait in the
+    socket until those are taken: a run that mixes both is rare.)
     """
-    batch: list[FrameMessage] = []
-    deadline = 0.0
-    while len(batch) < size:
-        timeout_ms = POLL_MS if not batch else max(0, math.ceil((deadline - time.monotonic()) * 1000))
-        message = receiver.receive(timeout_ms)
-        if isinstance(message, EndOfStream):
-            return batch, message
-        if message is not None:
-            message.header.stamp(Stage.RECEIVED)
-            batch.append(message)
-            deadline = deadline or time.monotonic() + wait_s
-        elif not batch or time.monotonic() >= deadline:
-            break
-    return batch, None
+
+    def __init__(self, receiver: FrameReceiver, size: int, wait_s: float, live_depth: int) -> None:
+        self._receiver = receiver
+        self._size, self._wait_s, self._live_depth = size, wait_s, live_depth
+        self._items: deque[FrameMessage | EndOfStream] = deque()
+        self._live: dict[str, int] = {}  # live frames waiting, per stream
+        self._lossless = 0
+        self._dropped: list[Dropped] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def take(self) -> Taken:
+        """Up to ``size`` frames, oldest first: those waiting, and what arrives within ``wait_s`` of the first.
+
+        An end-of-stream closes the batch, so that it leaves after the frames
+        received before it. Returns empty-handed after one poll interval of
+        quiet, so the caller can look at its stop flag.
+        """
+        self._receive(0)  # see what is queued before choosing, so stale live frames go first
+        batch: list[FrameMessage] = []
+        deadline = 0.0
+        while len(batch) < self._size:
+            if self._items:
+                item = self._pop()
+                if isinstance(item, EndOfStream):
+                    return self._taken(batch, item)
+                batch.append(item)
+                deadline = deadline or time.monotonic() + self._wait_s
+                continue
+            timeout_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000)) if batch else POLL_MS
+            if not self._receive(timeout_ms):
+                break
+        return self._taken(batch, None)
+
+    def _taken(self, batch: list[FrameMessage], end: EndOfStream | None) -> Taken:
+        dropped, self._dropped = self._dropped, []
+        return Taken(batch, end, dropped)
+
+    def _receive(self, timeout_ms: int) -> bool:
+        """Receive what is queued, waiting up to ``timeout_ms`` for the first; False if nothing came."""
+        received = False
+        while self._lossless < self._size and len(self._items) < MAX_BACKLOG:
+            message = self._receiver.receive(0 if received else timeout_ms)
+            if message is None:
+                break
+            received = True
+            assert not isinstance(message, Dropped)  # the worker's receiver accepts frames and ends only
+            if isinstance(message, FrameMessage):
+                message.header.stamp(Stage.RECEIVED)
+                if message.header.flags & Flag.LIVE:
+                    self._admit_live(message.header.stream)
+                else:
+                    self._lossless += 1
+            self._items.append(message)
+        return received
+
+    def _admit_live(self, stream: str) -> None:
+        waiting = self._live.get(stream, 0)
+        if waiting >= self._live_depth:
+            oldest = next(m for m in self._items if isinstance(m, FrameMessage) and _is_live(m, stream))
+            self._items.remove(oldest)
+            self._dropped.append(Dropped(stream, oldest.header.seq))
+            waiting -= 1
+        self._live[stream] = waiting + 1
+
+    def _pop(self) -> FrameMessage | EndOfStream:
+        item = self._items.popleft()
+        if isinstance(item, FrameMessage):
+            if item.header.flags & Flag.LIVE:
+                self._live[item.header.stream] -= 1
+                if not self._live[item.header.stream]:
+                    del self._live[item.header.stream]
+            else:
+                self._lossless -= 1
+        return item
+
+
+def _is_live(message: FrameMessage, stream: str) -> bool:
+    return message.header.stream == stream and bool(message.header.flags & Flag.LIVE)
 
 
 @dataclass(frozen=True)
@@ -159,27 +241,34 @@ class WorkerStage:
         cv2.setNumThreads(threads)  # resizing and masking share the worker's share of the cores
         anonymizer = Anonymizer(FaceDetector(cfg.detector, threads), make_masker(cfg.mask))
         hwm, linger = cfg.transport.frame_hwm, cfg.transport.linger_ms
-        with FrameReceiver(hwm, linger) as receiver, FrameSender(hwm, linger) as sender:
+        accept = (FrameMessage, EndOfStream)
+        with FrameReceiver(hwm, linger, accept) as receiver, FrameSender(hwm, linger) as sender:
             for endpoint in self.inputs:
                 receiver.connect(endpoint)
             sender.connect(self.output)
             channel.ready(f"{anonymizer.detector.description}, {threads} thread(s) each")
             size, wait_s = anonymizer.detector.batch_size, cfg.detector.batch_wait_ms / 1000
+            backlog = Backlog(receiver, size, wait_s, cfg.transport.live_depth)
 
-            def take() -> tuple[list[FrameMessage], EndOfStream | None, Prepared | None]:
-                batch, end = take_batch(receiver, size, wait_s)
-                return batch, end, anonymizer.prepare(batch) if batch else None
+            def take() -> tuple[Taken, Prepared | None]:
+                taken = backlog.take()
+                return taken, anonymizer.prepare(taken.frames) if taken.frames else None
 
             # One thread takes and prepares the next batch while this one infers, masks and sends: the
             # receiver is used by that thread only, the model and the sender by this one.
+            dropped = 0
             with ThreadPoolExecutor(1, thread_name_prefix="prepare") as ahead:
                 upcoming = ahead.submit(take)
                 while not stop.is_set():
-                    batch, end, prepared = upcoming.result()
+                    taken, prepared = upcoming.result()
                     upcoming = ahead.submit(take)
-                    for result in anonymizer.process_batch(batch, prepared) if batch else []:
+                    for notice in taken.dropped:
+                        sender.send(notice, stop)
+                    dropped += len(taken.dropped)
+                    for result in anonymizer.process_batch(taken.frames, prepared) if taken.frames else []:
                         if result is not None:
                             sender.send(result, stop)
-                    if end is not None:
-                        sender.send(end, stop)
-            channel.send(Finished(self.title, {**anonymizer.counters, "rejected": receiver.rejected}))
+                    if taken.end is not None:
+                        sender.send(taken.end, stop)
+            counters = {**anonymizer.counters, "dropped": dropped, "rejected": receiver.rejected}
+            channel.send(Finished(self.title, counters))
