@@ -391,7 +391,13 @@ def _demo(args: argparse.Namespace, overrides: list[dict[str, Any]], console: Co
     return code
 
 
+def _interrupt(*_: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Until a command installs its own handlers, SIGTERM stops it like Ctrl-C: cleanly, not mid-statement.
+    signal.signal(signal.SIGTERM, _interrupt)
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     if args.command == "config":

@@ -162,7 +162,7 @@ class Pipeline:
         record_endpoint = f"ipc://{rundir}/record"
         capture_endpoints = tuple(f"ipc://{rundir}/capture-{i}" for i in range(len(ids)))
         progress = self._ctx.Array("q", len(ids))
-        interrupted = False
+        interrupted = failed = False
         details: list[str] = []
         try:
             record = self._start(RecordStage(record_endpoint, cfg, tuple(ids), progress))
@@ -185,8 +185,11 @@ class Pipeline:
             interrupted = self._supervise(record, workers, captures, progress, report)
         except _StopRequested:
             interrupted = True
+        except BaseException:
+            failed = True  # a stage failed: nothing in flight can be recorded any more, so nothing lingers
+            raise
         finally:
-            self._stop_all(abort=self._stop_requests > 1)
+            self._stop_all(abort=failed or self._stop_requests > 1)
             shutil.rmtree(rundir, ignore_errors=True)
         reports = [r.finished for r in self._running if r.finished is not None]
         failures = [r.failure for r in self._running if r.failure is not None]
@@ -276,8 +279,8 @@ class Pipeline:
     def _stop_all(self, abort: bool) -> None:
         """Stop in reverse start order: captures, workers, then the record process finalizes.
 
-        Aborting (a second Ctrl-C) gives each group ABORT_TIMEOUT_S; otherwise STOP_TIMEOUT_S, and
-        captures also get capture.linger_s to hand their last frames over.
+        Aborting (a second Ctrl-C, or a failed stage) gives each group ABORT_TIMEOUT_S; otherwise
+        STOP_TIMEOUT_S, and captures also get capture.linger_s to hand their last frames over.
         """
         for role in ("capture", "worker", "record"):
             group = [r for r in self._running if r.stage.role == role]
@@ -292,7 +295,13 @@ class Pipeline:
             for running in group:
                 running.process.join(max(0.0, deadline - time.monotonic()))
                 if running.process.is_alive():
-                    log.error("%s did not stop in %.0f s; killed", running.stage.title, wait)
+                    # when aborting, a stage still handing frames over is expected: stopped, not a new fault
+                    log.log(
+                        logging.WARNING if abort else logging.ERROR,
+                        "%s did not stop in %.0f s; killed",
+                        running.stage.title,
+                        wait,
+                    )
                     running.process.kill()
                     running.process.join()
                     running.events.append(Failed(running.stage.title, f"did not stop in {wait:.0f} s; killed"))

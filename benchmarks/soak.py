@@ -1,10 +1,11 @@
-"""Soak: one live stream for minutes on end; memory, drops and latency minute by minute.
+"""Soak: live streams for minutes on end; memory, drops and latency minute by minute.
 
-    python benchmarks/soak.py [--minutes 10] [--size 640x360] [--fps 30] [--workers 2] [--source URL]
+    python benchmarks/soak.py [--minutes 10] [--streams 1] [--size 640x360] [--fps 30] [--workers 2] [--source URL]
 
 Plays a synthetic clip of --minutes (skimage's astronaut, a real face,
 moving) paced at its frame rate (`anonstream run --realtime`, MP4 recording
-included), or reads --source (an rtsp:// camera) for that long. Every
+included), as --streams live streams, or reads --source (an rtsp:// camera)
+for that long. Every
 --sample-s it reads the resident memory of each anonstream process from
 /proc. At the end it reports per minute: frames recorded, dropped, lost,
 p50 / p95 / p99 end-to-end latency (from the run's --metrics-jsonl), and the
@@ -133,6 +134,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--size", default="640x360", help="W x H of the synthetic stream")
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--streams", type=int, default=1, help="copies of the synthetic stream, played at once")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--source", help="a live source (rtsp://...) instead of the synthetic clip")
     parser.add_argument("--sample-s", type=float, default=5.0, help="how often memory is read")
@@ -152,7 +154,8 @@ def main() -> int:
             clip = AstronautClip(width=width, height=height, frames=frames, fps=args.fps)
             source, live = str(clip.write(scratch / "soak.mp4")), ["--realtime"]
         jsonl, summary_path = scratch / "frames.jsonl", scratch / "summary.json"
-        argv = [*ANONSTREAM, "run", "--source", source, *live, "--record", str(scratch / "out")]
+        sources = [arg for _ in range(1 if args.source else args.streams) for arg in ("--source", source)]
+        argv = [*ANONSTREAM, "run", *sources, *live, "--record", str(scratch / "out")]
         argv += ["--workers", str(args.workers), "--metrics-jsonl", str(jsonl), "--summary-json", str(summary_path)]
         argv += [f"--set={a}" for a in args.set] + ["-q"]
         out.print(f"running for {args.minutes:g} min: {' '.join(argv)}")
@@ -170,7 +173,7 @@ def main() -> int:
             raise SystemExit(f"anonstream failed (exit {process.returncode}):\n{stderr[-3000:]}")
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         minutes = _per_minute(jsonl, args.fps)
-    stream = summary["streams"][0]
+    streams = summary["streams"]
     for minute in minutes:
         at = [sample for sample in samples if sample.t_s <= 60 * minute.minute]
         minute.rss_mb = at[-1].total_mb if at else None
@@ -178,7 +181,8 @@ def main() -> int:
     growth = steady[-1] - steady[0]
     peak = max(sample.total_mb for sample in samples)
 
-    table = Table(title=f"soak: {args.size}@{args.fps} live, {args.workers} workers, MP4 recording; {describe(info)}")
+    what = args.source or f"{len(streams)} x {args.size}@{args.fps}"
+    table = Table(title=f"soak: {what} live, {args.workers} workers, MP4 recording; {describe(info)}")
     for column in ("minute", "frames out", "dropped", "lost", "p50 ms", "p95 ms", "p99 ms", "memory MB"):
         table.add_column(column, justify="right")
     for minute in minutes:
@@ -195,12 +199,13 @@ def main() -> int:
             memory,
         )
     out.print(table)
-    e2e = stream["latency_ms"]["end to end"]
-    out.print(
-        f"whole run: {stream['frames_out']}/{stream['frames_in']} frames recorded, {stream['dropped']} dropped "
-        f"{stream['dropped_by']}, {stream['lost']} lost; end to end p50/p95/p99 "
-        f"{e2e[0]:.1f}/{e2e[1]:.1f}/{e2e[2]:.1f} ms"
-    )
+    for stream in streams:
+        e2e = stream["latency_ms"]["end to end"]
+        out.print(
+            f"{stream['stream']}: {stream['frames_out']}/{stream['frames_in']} frames recorded, "
+            f"{stream['dropped']} dropped {stream['dropped_by']}, {stream['lost']} lost; "
+            f"end to end p50/p95/p99 {e2e[0]:.1f}/{e2e[1]:.1f}/{e2e[2]:.1f} ms"
+        )
     out.print(
         f"memory (all anonstream processes): peak {peak:.0f} MB; after the first minute "
         f"{steady[0]:.0f} MB, at the end {steady[-1]:.0f} MB ({growth:+.1f} MB)"
@@ -212,11 +217,12 @@ def main() -> int:
             "machine": info,
             "minutes": args.minutes,
             "size": args.size,
+            "streams_played": 1 if args.source else args.streams,
             "fps": args.fps,
             "workers": args.workers,
             "source": args.source or "synthetic",
             "overrides": args.set,
-            "stream": stream,
+            "streams": streams,
             "per_minute": [minute.row() for minute in minutes],
             "memory_samples": [{"t_s": sample.t_s, "rss_mb": sample.rss_mb} for sample in samples],
             "memory_growth_after_first_minute_mb": growth,

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from anonstream.stream.transport import DEFAULT_FRAME_HWM, DEFAULT_LINGER_MS, DEFAULT_LIVE_DEPTH
 from anonstream.stream.wire import STREAM_ID
 
 
@@ -122,9 +123,9 @@ class RecordConfig(_Section):
 
 
 class TransportConfig(_Section):
-    frame_hwm: int = Field(default=8, ge=1)
-    live_depth: int = Field(default=1, ge=1, le=64)
-    linger_ms: int = Field(default=2000, ge=0)
+    frame_hwm: int = Field(default=DEFAULT_FRAME_HWM, ge=1)
+    live_depth: int = Field(default=DEFAULT_LIVE_DEPTH, ge=1, le=64)
+    linger_ms: int = Field(default=DEFAULT_LINGER_MS, ge=0)
 
 
 class MetricsConfig(_Section):

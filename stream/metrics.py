@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,37 @@ INTERVALS: tuple[tuple[str, Stage, Stage], ...] = (
     ("end to end", Stage.CAPTURED, Stage.RECORDED),
 )
 PERCENTILES = (50, 95, 99)
+
+
+class LatencyHistogram:
+    """Latencies counted in log-spaced bins 1 % wide.
+
+    Percentiles come out within 1 % of the exact ones, in the same few
+    kilobytes for a run of a minute or of a month (keeping every frame's
+    stamps grew by half a kilobyte a frame: 1.3 GB a day for one camera).
+    """
+
+    LOWEST_MS = 0.01  # this and anything below (clock skew between hosts) share the first bin
+    STEP = 1.01
+    BINS = 1800  # up to 0.01 ms * 1.01**1800, about 10 minutes; slower frames share the last bin
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(self.BINS, np.int64)
+        self.count = 0
+
+    def add(self, ms: float) -> None:
+        index = 0 if ms <= self.LOWEST_MS else 1 + int(math.log(ms / self.LOWEST_MS) / math.log(self.STEP))
+        self.counts[min(index, self.BINS - 1)] += 1
+        self.count += 1
+
+    def percentiles(self) -> tuple[float, float, float]:
+        """p50, p95, p99 in ms: the geometric centre of the bin each falls in."""
+        cumulative = np.cumsum(self.counts)
+        values = []
+        for p in PERCENTILES:
+            index = int(np.searchsorted(cumulative, max(1, math.ceil(p / 100 * self.count))))
+            values.append(self.LOWEST_MS * self.STEP ** (index - 0.5) if index else self.LOWEST_MS)
+        return values[0], values[1], values[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +113,10 @@ class RunSummary:
 @dataclass
 class StreamMetrics:
     stream: str
-    stamps: list[list[int]] = field(default_factory=list)
+    latency: dict[str, LatencyHistogram] = field(default_factory=lambda: {s[0]: LatencyHistogram() for s in INTERVALS})
+    frames_out: int = 0
+    first_captured_ns: int = 0
+    last_recorded_ns: int = 0
     lost: int = 0
     refused: int = 0
     full_masked: int = 0
@@ -95,7 +130,14 @@ class StreamMetrics:
     last_pts: int | None = None
 
     def frame(self, header: FrameHeader, held: int = 0) -> None:
-        self.stamps.append(list(header.stamps))
+        stamps = header.stamps
+        for label, start, stop in INTERVALS:
+            if stamps[start] and stamps[stop]:
+                self.latency[label].add((stamps[stop] - stamps[start]) / 1e6)
+        self.frames_out += 1
+        if stamps[Stage.CAPTURED]:
+            self.first_captured_ns = min(self.first_captured_ns or stamps[Stage.CAPTURED], stamps[Stage.CAPTURED])
+        self.last_recorded_ns = max(self.last_recorded_ns, stamps[Stage.RECORDED])
         if header.flags & Flag.RESUMED and self.last_pts is not None:
             self.outages += 1
             gap = (header.pts - self.last_pts) * header.time_base[0] / header.time_base[1]
@@ -110,22 +152,13 @@ class StreamMetrics:
     def summary(self) -> StreamSummary:
         sent = self.end.frames if self.end else self.highest_seq + 1
         by = {"capture": self.end.dropped if self.end else self.dropped, "worker": self.dropped_by["worker"]}
-        latency: dict[str, tuple[float, float, float]] = {}
-        fps = 0.0
-        if self.stamps:
-            table = np.asarray(self.stamps, dtype=np.int64)
-            for label, start, stop in INTERVALS:
-                valid = (table[:, start] > 0) & (table[:, stop] > 0)
-                if valid.any():
-                    spans = (table[valid, stop] - table[valid, start]) / 1e6
-                    p50, p95, p99 = np.percentile(spans, PERCENTILES)
-                    latency[label] = (float(p50), float(p95), float(p99))
-            wall = (table[:, Stage.RECORDED].max() - table[:, Stage.CAPTURED].min()) / 1e9
-            fps = len(table) / wall if wall > 0 else 0.0
+        latency = {label: h.percentiles() for label, h in self.latency.items() if h.count}
+        wall = (self.last_recorded_ns - self.first_captured_ns) / 1e9
+        fps = self.frames_out / wall if self.frames_out and self.first_captured_ns and wall > 0 else 0.0
         return StreamSummary(
             stream=self.stream,
             frames_in=sent + by["capture"],
-            frames_out=len(self.stamps),
+            frames_out=self.frames_out,
             dropped=sum(by.values()),
             dropped_by=by,
             lost=self.lost,

@@ -9,21 +9,23 @@ frames to one recorder per stream and collects per-frame metrics. With
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from anonstream.config import Settings
-from anonstream.errors import NotAnonymizedError, WireError
+from anonstream.errors import NotAnonymizedError, RecorderError, WireError
 from anonstream.process import Channel, Finished, log_sampled
 from anonstream.stream.metrics import FrameLog, RunSummary, StreamMetrics
 from anonstream.stream.recorders import Recorder, ensure_output_dir, make_recorder
 from anonstream.stream.sequencer import Ended, Lost, Released, Sequencer
 from anonstream.stream.tracker import Tracker
-from anonstream.stream.transport import FrameReceiver
+from anonstream.stream.transport import MAX_STREAMS, FrameReceiver
 from anonstream.stream.wire import Dropped, Flag, FrameMessage, Message, Stage
 from anonstream.workers.detections import Detections
 from anonstream.workers.masking import Masker, make_masker
@@ -34,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECEIVE_MS = 50
-MAX_STREAMS = 256  # streams a record process without --expect accepts
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,7 @@ class RecordStage:
                     handle(events + sequencer.poll(now), frame_log)
                 handle(sequencer.flush(), frame_log)
             finally:
-                for recorder in recorders.values():
-                    recorder.close()
+                _close_all(recorders.values())
         summary = RunSummary([m.summary() for m in metrics.values()])
         late = sum(sequencer.late.values())
         rejected = receiver.rejected + counters["rejected"]
@@ -143,6 +143,19 @@ class RecordStage:
         if self.progress is not None and header.stream in self.expect:
             with self.progress.get_lock():
                 self.progress[self.expect.index(header.stream)] += 1
+
+
+def _close_all(recorders: Iterable[Recorder]) -> None:
+    """Finish every recorder, even after one fails (a full disk, say); the first failure is raised."""
+    failure: RecorderError | None = None
+    for recorder in recorders:
+        try:
+            recorder.close()
+        except RecorderError as exc:
+            log.error("%s", exc)
+            failure = failure or exc
+    if failure is not None and sys.exc_info()[0] is None:  # else the error already on its way says more
+        raise failure
 
 
 @dataclass

@@ -67,6 +67,7 @@ class Mp4Recorder(Recorder):
         self._first_pts = 0
         self._last_pts = -1
         self._rescale = Fraction(1)
+        self._failed = False
 
     def _open(self, header: FrameHeader, height: int, width: int) -> None:
         self.close()
@@ -98,6 +99,7 @@ class Mp4Recorder(Recorder):
         self._container, self._video = container, video
         self._shape = (height, width)
         self._first_pts, self._last_pts = header.pts, -1
+        self._failed = False
         self.paths.append(path)
 
     def _write(self, message: FrameMessage) -> None:
@@ -115,6 +117,7 @@ class Mp4Recorder(Recorder):
         try:
             self._container.mux(self._video.encode(frame))
         except (OSError, av.FFmpegError) as exc:
+            self._failed = True
             raise RecorderError(f"writing {self.paths[-1]} failed: {exc}") from None
 
     def close(self) -> None:
@@ -122,9 +125,13 @@ class Mp4Recorder(Recorder):
             return
         container, self._container = self._container, None
         try:
-            container.mux(self._video.encode(None))
-        finally:
-            container.close()
+            try:
+                if not self._failed:  # PyAV crashes (SIGSEGV) flushing into a file whose last write failed
+                    container.mux(self._video.encode(None))
+            finally:
+                container.close()
+        except (OSError, av.FFmpegError) as exc:
+            raise RecorderError(f"finishing {self.paths[-1]} failed: {exc}") from None
 
 
 class ImageFolderRecorder(Recorder):

@@ -2,8 +2,9 @@
 
 Frames flow over PUSH/PULL: a capture binds a PUSH socket, workers connect
 PULL sockets to every capture (fair-queued) and PUSH their output to the one
-record process, which binds a PULL socket. High-water marks and limits are
-named here and nowhere else (their configurable ones in config.TransportConfig).
+record process, which binds a PULL socket. Every high-water mark and limit
+on what a process holds is named here and nowhere else; the configurable ones
+(config.TransportConfig) take their defaults from here.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ log = logging.getLogger(__name__)
 DEFAULT_FRAME_HWM = 8  # frames queued per peer before a sender blocks or drops
 DEFAULT_LINGER_MS = 2000  # how long a closing socket keeps delivering queued frames
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # a larger message is refused by libzmq before it is allocated
-POLL_MS = 100  # how often blocking loops look at their stop flag
+DEFAULT_LIVE_DEPTH = 1  # frames of one live stream a worker holds unseen; a newer one drops the oldest
 MAX_BACKLOG = 256  # messages a worker holds unseen at most, whatever their streams claim
+MAX_STREAMS = 256  # streams a record process without --expect accepts
+POLL_MS = 100  # how often blocking loops look at their stop flag
 
 
 class _Socket(Closing):

@@ -215,6 +215,75 @@ def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, si
     assert not leftovers, _titles(set(leftovers))
 
 
+def _tagged(tag: str) -> list[int]:
+    """Processes whose environment carries ``ANONSTREAM_TEST_TAG=tag``: a run's own, wherever reparented."""
+    marker = f"ANONSTREAM_TEST_TAG={tag}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "environ").read_bytes().split(b"\0") and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("delay_s", [0.05, 0.3, 0.8, 1.5, 3.0])
+def test_sigterm_at_any_moment_of_start_up_exits_cleanly(clip_path: Path, tmp_path: Path, delay_s: float) -> None:
+    """From interpreter start to the first recorded frame: no traceback, no process and no socket folder left."""
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    tag = f"{os.getpid()}-{delay_s}"
+    env = os.environ | {"XDG_RUNTIME_DIR": str(runtime), "ANONSTREAM_TEST_TAG": tag}
+    process = subprocess.Popen(
+        anonstream_cmd("run", "--source", str(clip_path), "--record", str(tmp_path / "out"), "--realtime"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    time.sleep(delay_s)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    # 0: stopped and drained; 130: stopped before the pipeline began; -15: before the interpreter ran any of ours
+    assert process.returncode in (0, 130, -signal.SIGTERM), stderr
+    assert "Traceback" not in stderr and "crashed" not in stderr, stderr
+    deadline = time.monotonic() + 5
+    while (leftovers := _tagged(tag)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not leftovers, _titles(set(leftovers))
+    assert not list(runtime.iterdir())
+
+
+@pytest.mark.parametrize("format", ["mp4", "images"])
+def test_a_full_disk_stops_the_run_with_one_clear_error(clip: AstronautClip, tmp_path: Path, format: str) -> None:
+    """Output that cannot be written (here: /dev/full, which answers every write with ENOSPC) ends the run."""
+    out = tmp_path / "out"
+    if format == "mp4":
+        source = clip.write(tmp_path / "cam.mp4")
+        out.mkdir()
+        (out / "cam.mp4").symlink_to("/dev/full")
+    else:
+        source = tmp_path / "cam"
+        clip.write_images(source)
+        (out / "cam").mkdir(parents=True)
+        for name in ("frame_0000.png", "frame_0001.png"):
+            (out / "cam" / name).symlink_to("/dev/full")
+    tag = f"{os.getpid()}-{format}"
+    env = os.environ | {"ANONSTREAM_TEST_TAG": tag}
+    result = subprocess.run(
+        anonstream_cmd("run", "--source", str(source), "--record", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "crashed" not in result.stderr, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert "anonstream: error" in last and ("No space left on device" in last or "disk full" in last), result.stderr
+    assert not _tagged(tag)
+
+
 def test_killed_recorder_leaves_a_playable_masked_file_and_no_process(tmp_path: Path) -> None:
     clip = AstronautClip(width=320, height=180, frames=900, fps=30)
     source = clip.write(tmp_path / "long.mp4")
@@ -263,6 +332,26 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path: Path) -> None:
     assert sorted(p.name for p in (out / "photos").iterdir()) == ["a.png", "b.png"]
     for name in ("a.png", "b.png"):
         assert_face_masked(photo, cv2.imread(str(out / "photos" / name)), ASTRONAUT_FACE, name)
+
+
+def test_corrupt_packets_mid_video_are_skipped_and_counted(
+    clip: AstronautClip, clip_path: Path, tmp_path: Path
+) -> None:
+    """Garbage written over the middle third of an MP4: the run goes on, what cannot be decoded is counted."""
+    data = bytearray(clip_path.read_bytes())
+    rng = np.random.default_rng(1)
+    for at in range(len(data) // 3, 2 * len(data) // 3, 997):
+        data[at : at + 40] = rng.integers(0, 256, 40, dtype=np.uint8).tobytes()
+    source = tmp_path / "corrupt.mp4"
+    source.write_bytes(bytes(data))
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    result = run_cli("run", "--source", str(source), "--record", str(out), "--summary-json", str(summary))
+    assert result.returncode == 0, result.stderr
+    assert "skipped an undecodable packet" in result.stderr and "Traceback" not in result.stderr
+    stream = json.loads(summary.read_text())["streams"][0]
+    assert stream["skipped"] >= 1 and stream["lost"] == stream["refused"] == 0
+    assert stream["frames_out"] + stream["skipped"] <= clip.frames
+    assert len(decode_video(out / "corrupt.mp4")[0]) == stream["frames_out"]
 
 
 def test_each_role_runs_on_its_own_over_tcp(clip: AstronautClip, clip_path: Path, tmp_path: Path) -> None:
@@ -477,8 +566,7 @@ def test_record_process_refuses_raw_frames_sent_to_it(tmp_path: Path) -> None:
 
 
 def test_record_process_caps_the_streams_a_stray_sender_can_open() -> None:
-    from anonstream.stream.record import MAX_STREAMS
-    from anonstream.stream.transport import FrameSender
+    from anonstream.stream.transport import MAX_STREAMS, FrameSender
     from anonstream.stream.wire import Flag, FrameHeader, FrameMessage
 
     port = free_port()
