@@ -5,8 +5,8 @@
 Runs `anonstream run --source VIDEO --realtime --record DIR` (MP4 recording
 included, as users run it) and reports, per video, frames in / out / dropped /
 lost and the p50 / p95 / p99 latency of every stage and end to end (capture
-to recorded), from the run's own --summary-json. With --realtime, capture
-drops a frame rather than queue it when the workers are busy, so dropped
+to recorded), from the run's own --summary-json. With --realtime, a worker
+that falls behind drops the oldest frames rather than queue them, so dropped
 frames are the price of keeping latency bounded: the target is none.
 Default videos: hamilton_640x360.mp4 and webcam_face_608x1080.mp4 from
 ../shared/eval/videos (or $ANONSTREAM_EVAL/videos).

@@ -174,8 +174,14 @@ def encode(message: Message) -> list[bytes | memoryview]:
         }
         return [msgpack.packb(head)]
     if isinstance(message, Dropped):
-        notice = {"v": WIRE_VERSION, "kind": int(Kind.DROP), "stream": message.stream, "seq": message.seq}
-        return [msgpack.packb(notice | {"by": message.by})]
+        notice = {
+            "v": WIRE_VERSION,
+            "kind": int(Kind.DROP),
+            "stream": message.stream,
+            "seq": message.seq,
+            "by": message.by,
+        }
+        return [msgpack.packb(notice)]
     h = message.header
     pixels = np.ascontiguousarray(message.pixels)
     if tuple(pixels.shape) != tuple(h.shape) or str(pixels.dtype) != h.dtype:

@@ -90,3 +90,24 @@ def test_a_stream_that_never_comes_up_is_given_up_when_asked(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
     assert result.stderr.count("reconnecting in") >= 2  # it did try again, with backoff, before giving up
     assert "no frame for 2 s (capture.give_up_s), giving up" in result.stderr.splitlines()[-1]
+
+
+def test_rtsp_over_udp(tmp_path: Path) -> None:
+    """`capture.rtsp_transport = "udp"`: RTP over UDP instead of interleaved in the TCP connection."""
+    port = free_port()
+    out, jsonl = tmp_path / "out", tmp_path / "frames.jsonl"
+    args = ["--source", f"rtsp://127.0.0.1:{port}/cam", "--record", str(out), "--workers", "1"]
+    args += ["--metrics-jsonl", str(jsonl), "--set", "capture.rtsp_transport=udp"]
+    with rtsp_server(port):
+        run = subprocess.Popen(anonstream_cmd("run", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for(lambda: _recorded(jsonl) >= 30, "frames over UDP")
+            run.send_signal(signal.SIGINT)
+            _, stderr = run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.communicate()
+    assert run.returncode == 0, stderr
+    frames, _ = decode_video(out / f"127.0.0.1-{port}-cam.mp4")
+    assert len(frames) >= 30
