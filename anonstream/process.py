@@ -151,5 +151,9 @@ class StageProcess(multiprocessing.context.SpawnProcess):
         try:
             code = run_stage(self.stage, stop, channel)
         finally:
+            # Served: a later SIGTERM (systemd and `timeout` signal the whole process group, then the
+            # orchestrator stops each stage) must not kill the interpreter as it exits, which
+            # resets Python-level handlers to the default; an ignored signal stays ignored.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self._conn.close()
         raise SystemExit(code)

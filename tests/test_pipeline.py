@@ -184,8 +184,9 @@ def _survivors(pids: set[int], grace_s: float = 5.0) -> list[int]:
     return alive
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, sig: int) -> None:
+@pytest.mark.parametrize(("sig", "group"), [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True)])
+def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, sig: int, group: bool) -> None:
+    """SIGTERM or Ctrl-C to anonstream, or SIGTERM to its whole process group (as systemd and `timeout` stop it)."""
     long_clip = AstronautClip(width=320, height=180, frames=300, fps=30).write(tmp_path / "long.mp4")
     out = tmp_path / "out"
     process = subprocess.Popen(
@@ -193,6 +194,7 @@ def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, si
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 60
     children: set[int] = set()
@@ -205,9 +207,13 @@ def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, si
     assert any("anonstream: worker 1" in t for t in titles), titles
     assert any("anonstream: capture long" in t for t in titles), titles
     assert any("anonstream: record" in t for t in titles), titles
-    process.send_signal(sig)
+    if group:
+        os.killpg(process.pid, sig)
+    else:
+        process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
+    assert "exited with status" not in stderr, stderr
     frames, rate = decode_video(out / "long.mp4")
     assert 10 < len(frames) < 300 and rate == 30
     assert "end to end" in stdout
