@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -31,6 +32,18 @@ def assert_face_masked(raw: np.ndarray, out: np.ndarray, box: tuple[int, int, in
     assert not np.array_equal(raw_face, out_face), f"{where}: face region equals the raw input"
     assert np.abs(raw_face.astype(int) - out_face.astype(int)).mean() > 8, f"{where}: face barely changed"
     assert detail(out_face) < 0.4 * detail(raw_face), f"{where}: facial detail survived"
+
+
+def assert_recorded_frames_masked(
+    clip: AstronautClip, source: Path, output: Path, recorded: list[dict[str, Any]]
+) -> None:
+    """The output holds exactly the frames its JSONL records, each with the source frame's face masked."""
+    raw, _ = decode_video(source)
+    anonymized, _ = decode_video(output)
+    assert len(anonymized) == len(recorded)
+    for record, after in zip(recorded, anonymized, strict=True):
+        index = record["index"]
+        assert_face_masked(raw[index], after, clip.face_box(index), f"frame {index}")
 
 
 def test_video_in_mp4_out_every_frame_masked(clip: AstronautClip, clip_path: Path, tmp_path: Path) -> None:
@@ -507,12 +520,7 @@ def test_killed_worker_is_restarted_and_nothing_leaks(tmp_path: Path) -> None:
     dropped = sum("dropped_by" in r for r in records)
     assert clip.frames - 5 <= len(recorded) + lost + dropped <= clip.frames  # the rest: dropped by the capture
     assert recorded[0]["index"] == 0
-    raw, _ = decode_video(source)
-    anonymized, _ = decode_video(out / "long.mp4")
-    assert len(anonymized) == len(recorded)
-    for record, after in zip(recorded, anonymized, strict=True):
-        index = record["index"]
-        assert_face_masked(raw[index], after, clip.face_box(index), f"frame {index}")
+    assert_recorded_frames_masked(clip, source, out / "long.mp4", recorded)
 
 
 def test_workers_behind_a_live_stream_drop_its_oldest_frames_and_count_them(tmp_path: Path) -> None:
@@ -534,12 +542,7 @@ def test_workers_behind_a_live_stream_drop_its_oldest_frames_and_count_them(tmp_
     recorded = [r for r in records if "stamps_ns" in r]
     assert [r["seq"] for r in recorded] == sorted(r["seq"] for r in recorded)
     assert recorded[-1]["index"] == clip.frames - 1  # the newest frame is never the one dropped
-    raw, _ = decode_video(source)
-    anonymized, _ = decode_video(out / "cam.mp4")
-    assert len(anonymized) == len(recorded)
-    for record, after in zip(recorded, anonymized, strict=True):
-        index = record["index"]
-        assert_face_masked(raw[index], after, clip.face_box(index), f"frame {index}")
+    assert_recorded_frames_masked(clip, source, out / "cam.mp4", recorded)
 
 
 def test_record_process_refuses_raw_frames_sent_to_it(tmp_path: Path) -> None:

@@ -29,6 +29,24 @@ def rtsp_server(port: int) -> Iterator[subprocess.Popen[str]]:
         server.wait()
 
 
+@contextmanager
+def anonstream_run(args: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """`anonstream run ARGS` in the background; killed if the test leaves before stopping it."""
+    run = subprocess.Popen(anonstream_cmd("run", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield run
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+
+
+def _interrupt(run: subprocess.Popen[str]) -> str:
+    """Ctrl-C, then its error output once it has exited."""
+    run.send_signal(signal.SIGINT)
+    return run.communicate(timeout=60)[1]
+
+
 def _recorded(jsonl: Path) -> int:
     return len(jsonl.read_text().splitlines()) if jsonl.exists() else 0
 
@@ -47,8 +65,7 @@ def test_rtsp_stream_comes_back_after_a_late_start_a_drop_and_a_stall(tmp_path: 
     args += ["--metrics-jsonl", str(jsonl), "--summary-json", str(summary)]
     for setting in ("stall_timeout_s=2", "open_timeout_s=2", "reconnect_min_s=0.2", "reconnect_max_s=1"):
         args += ["--set", f"capture.{setting}"]
-    run = subprocess.Popen(anonstream_cmd("run", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with anonstream_run(args) as run:
         time.sleep(2)  # anonstream is up before the camera: it keeps trying
         with rtsp_server(port):
             _wait_for(lambda: _recorded(jsonl) >= 30, "the first frames")
@@ -59,12 +76,7 @@ def test_rtsp_stream_comes_back_after_a_late_start_a_drop_and_a_stall(tmp_path: 
             time.sleep(4)
             server.send_signal(signal.SIGCONT)
             _wait_for(lambda: _recorded(jsonl) >= 90, "frames after the stall")
-        run.send_signal(signal.SIGINT)
-        _, stderr = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
+        stderr = _interrupt(run)
     assert run.returncode == 0, stderr
     assert "reconnecting" in stderr and "back after" in stderr, stderr
     stream = json.loads(summary.read_text())["streams"][0]
@@ -98,16 +110,9 @@ def test_rtsp_over_udp(tmp_path: Path) -> None:
     out, jsonl = tmp_path / "out", tmp_path / "frames.jsonl"
     args = ["--source", f"rtsp://127.0.0.1:{port}/cam", "--record", str(out), "--workers", "1"]
     args += ["--metrics-jsonl", str(jsonl), "--set", "capture.rtsp_transport=udp"]
-    with rtsp_server(port):
-        run = subprocess.Popen(anonstream_cmd("run", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            _wait_for(lambda: _recorded(jsonl) >= 30, "frames over UDP")
-            run.send_signal(signal.SIGINT)
-            _, stderr = run.communicate(timeout=60)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.communicate()
+    with rtsp_server(port), anonstream_run(args) as run:
+        _wait_for(lambda: _recorded(jsonl) >= 30, "frames over UDP")
+        stderr = _interrupt(run)
     assert run.returncode == 0, stderr
     frames, _ = decode_video(out / f"127.0.0.1-{port}-cam.mp4")
     assert len(frames) >= 30

@@ -200,7 +200,11 @@ class Backlog:
     def _admit_live(self, stream: str) -> None:
         waiting = self._live.get(stream, 0)
         if waiting >= self._live_depth:
-            oldest = next(m for m in self._items if isinstance(m, FrameMessage) and _is_live(m, stream))
+            oldest = next(
+                m
+                for m in self._items
+                if isinstance(m, FrameMessage) and m.header.stream == stream and m.header.flags & Flag.LIVE
+            )
             self._items.remove(oldest)
             self._dropped.append(Dropped(stream, oldest.header.seq))
             waiting -= 1
@@ -216,10 +220,6 @@ class Backlog:
             else:
                 self._lossless -= 1
         return item
-
-
-def _is_live(message: FrameMessage, stream: str) -> bool:
-    return message.header.stream == stream and bool(message.header.flags & Flag.LIVE)
 
 
 @dataclass(frozen=True)
