@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--realtime",
         action="store_true",
         default=None,
-        help="capture.realtime: pace files at their frame rate and drop frames the workers "
-        "cannot take, as a live camera does",
+        help="capture.realtime: pace files at their frame rate, as a live camera; workers that fall "
+        "behind drop the oldest frames (counted) instead of queueing them",
     )
     run.add_argument(
         "--metrics-jsonl",
