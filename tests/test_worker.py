@@ -108,6 +108,25 @@ def test_a_worker_behind_drops_the_oldest_live_frames_and_never_a_lossless_one(t
         assert len(backlog) == 0
 
 
+def test_live_streams_take_turns_when_a_worker_is_behind(tmp_path: Path) -> None:
+    """Three cameras, a frame of each arriving per turn, room for one: each camera gets every third turn.
+
+    A replaced frame keeps its stream's place in line; sent to the back instead, the first camera's
+    frame would always be the oldest waiting, and the others would starve.
+    """
+    endpoint = f"ipc://{tmp_path}/frames"
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    with FrameReceiver(hwm=64).bind(endpoint) as receiver, FrameSender(hwm=64).connect(endpoint) as sender:
+        backlog = Backlog(receiver, size=1, wait_s=0.0, live_depth=1)
+        served: list[str] = []
+        for turn in range(9):
+            for camera in ("a", "b", "c"):
+                assert sender.send(raw_frame(camera, turn, pixels, Flag.LIVE))
+            time.sleep(0.2)  # they reach the worker's socket while it is busy with the previous frame
+            served += [m.header.stream for m in backlog.take().frames]
+        assert sorted(served.count(camera) for camera in "abc") == [3, 3, 3], served
+
+
 def test_batching_changes_no_mask_in_a_real_run(clip_path: Path, tmp_path: Path) -> None:
     """The same video with and without batching: the same faces found in every frame, in fewer inferences."""
     runs = {}

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import cv2
 import numpy as np
@@ -137,6 +138,8 @@ class Backlog:
     stream (Flag.LIVE) keeps only its ``live_depth`` newest frames here: when
     a newer one arrives, the oldest is dropped unseen, so a worker that falls
     behind catches up with the camera instead of queueing ever older frames.
+    The newer frame keeps the stream's place in line, so that streams take
+    turns: a stream whose frames were replaced is not sent to the back.
     (Live frames queued behind a batch's worth of lossless ones wait in the
     socket until those are taken: a run that mixes both is rare.)
     """
@@ -145,7 +148,6 @@ class Backlog:
         self._receiver = receiver
         self._size, self._wait_s, self._live_depth = size, wait_s, live_depth
         self._items: deque[FrameMessage | EndOfStream] = deque()
-        self._live: dict[str, int] = {}  # live frames waiting, per stream
         self._lossless = 0
         self._dropped: list[Dropped] = []
 
@@ -191,34 +193,34 @@ class Backlog:
             if isinstance(message, FrameMessage):
                 message.header.stamp(Stage.RECEIVED)
                 if message.header.flags & Flag.LIVE:
-                    self._admit_live(message.header.stream)
-                else:
-                    self._lossless += 1
+                    self._admit_live(message)
+                    continue
+                self._lossless += 1
             self._items.append(message)
         return received
 
-    def _admit_live(self, stream: str) -> None:
-        waiting = self._live.get(stream, 0)
-        if waiting >= self._live_depth:
-            oldest = next(
-                m
-                for m in self._items
-                if isinstance(m, FrameMessage) and m.header.stream == stream and m.header.flags & Flag.LIVE
-            )
-            self._items.remove(oldest)
-            self._dropped.append(Dropped(stream, oldest.header.seq))
-            waiting -= 1
-        self._live[stream] = waiting + 1
+    def _admit_live(self, message: FrameMessage) -> None:
+        """Queue a live frame; if its stream has ``live_depth`` waiting, drop the oldest and move the rest up."""
+        stream = message.header.stream
+        slots = [
+            i
+            for i, item in enumerate(self._items)
+            if isinstance(item, FrameMessage) and item.header.stream == stream and item.header.flags & Flag.LIVE
+        ]
+        if len(slots) < self._live_depth:
+            self._items.append(message)
+            return
+        oldest = self._items[slots[0]]
+        assert isinstance(oldest, FrameMessage)
+        self._dropped.append(Dropped(stream, oldest.header.seq))
+        for here, there in pairwise(slots):
+            self._items[here] = self._items[there]
+        self._items[slots[-1]] = message
 
     def _pop(self) -> FrameMessage | EndOfStream:
         item = self._items.popleft()
-        if isinstance(item, FrameMessage):
-            if item.header.flags & Flag.LIVE:
-                self._live[item.header.stream] -= 1
-                if not self._live[item.header.stream]:
-                    del self._live[item.header.stream]
-            else:
-                self._lossless -= 1
+        if isinstance(item, FrameMessage) and not item.header.flags & Flag.LIVE:
+            self._lossless -= 1
         return item
 
 
