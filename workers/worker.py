@@ -161,7 +161,7 @@ class Backlog:
         received before it. Returns empty-handed after one poll interval of
         quiet, so the caller can look at its stop flag.
         """
-        self._receive(0)  # see what is queued before choosing, so stale live frames go first
+        self._receive(0)  # see what is queued before choosing, so stale live frames are dropped, not taken
         batch: list[FrameMessage] = []
         deadline = 0.0
         while len(batch) < self._size:
