@@ -26,8 +26,10 @@ log = logging.getLogger("anonstream")
 EXAMPLES = """\
 examples:
   anonstream run --source street.mp4 --record out/
-  anonstream run --source photos/ --record out/ --mask solid
+  anonstream run --source photos/ --record out/ --mask solid --stills
+  anonstream run --source webcam.mp4 --record out/ --detect faces          # faster: no plates
   anonstream run --source rtsp://cam.local/1 --source 0 --record out/ --device cuda --workers 4
+  anonstream models                                                        # every model, its file and licence
   anonstream demo
 """
 
@@ -58,25 +60,47 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar")
 
 
+def _detector_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("names no detector: give one or more, e.g. --detect faces,plates")
+    return names
+
+
 def _detector_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("detection and masking")
     g.add_argument(
+        "--detect",
+        type=_detector_names,
+        metavar="NAMES",
+        help="detect: the detectors to run, comma-separated (default faces,plates; --detect faces is faster); "
+        "each is a [detectors.NAME] section (see `anonstream config`, `anonstream models`)",
+    )
+    g.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda", "tensorrt"],
-        help="detector.device (default auto: the GPU if a session really runs there, else the CPU)",
+        help="runtime.device (default auto: the GPU if a session really runs there, else the CPU)",
     )
-    g.add_argument("--model", type=Path, metavar="FILE", help="detector.model: a CenterFace-compatible ONNX file")
-    g.add_argument("--threshold", type=float, metavar="T", help="detector.threshold: minimum face score (default 0.11)")
+    g.add_argument(
+        "--model", type=Path, metavar="FILE", help="detectors.faces.model: a CenterFace-compatible ONNX file"
+    )
+    g.add_argument(
+        "--threshold", type=float, metavar="T", help="detectors.faces.threshold: minimum face score (default 0.11)"
+    )
     g.add_argument(
         "--max-side",
         type=int,
         metavar="PX",
-        help="detector.max_side: detector input's longest side, multiple of 32; 0 = native",
+        help="detectors.faces.stills.max_side and .video.max_side: the face detector's input, longest side, "
+        "a multiple of 32; 0 = native",
     )
-    g.add_argument("--mask", choices=["blur", "pixelate", "solid"], help="mask.mode (default blur)")
-    g.add_argument("--mask-shape", choices=["box", "ellipse"], help="mask.shape (default box)")
+    g.add_argument("--mask", choices=["blur", "pixelate", "solid"], help="mask.mode (default blur), every class")
+    g.add_argument("--mask-shape", choices=["box", "ellipse"], help="mask.shape (default box), every class")
     g.add_argument(
-        "--mask-scale", type=float, metavar="F", help="mask.scale: grow boxes by F around their centre (default 1.3)"
+        "--mask-scale",
+        type=float,
+        metavar="F",
+        help="detectors.faces.mask_scale: grow face boxes by F around their centre (default 1.3)",
     )
 
 
@@ -85,28 +109,30 @@ STILLS_HELP = (
     "high-resolution tiles, and no tracker state carries from one image to the next"
 )
 
-FLAG_KEYS = {
-    "workers": "worker.count",
-    "device": "detector.device",
-    "model": "detector.model",
-    "threshold": "detector.threshold",
-    "max_side": "detector.max_side",
-    "mask": "mask.mode",
-    "mask_shape": "mask.shape",
-    "mask_scale": "mask.scale",
-    "record": "record.dir",
-    "record_format": "record.format",
-    "metrics_jsonl": "metrics.jsonl",
-    "realtime": "capture.realtime",
-    "stills": "capture.stills",
-    "summary_json": "metrics.summary_json",
+# flag (argparse dest) -> the config keys it sets
+FLAG_KEYS: dict[str, tuple[str, ...]] = {
+    "workers": ("worker.count",),
+    "detect": ("detect",),
+    "device": ("runtime.device",),
+    "model": ("detectors.faces.model",),
+    "threshold": ("detectors.faces.threshold",),
+    "max_side": ("detectors.faces.stills.max_side", "detectors.faces.video.max_side"),
+    "mask": ("mask.mode",),
+    "mask_shape": ("mask.shape",),
+    "mask_scale": ("detectors.faces.mask_scale",),
+    "record": ("record.dir",),
+    "record_format": ("record.format",),
+    "metrics_jsonl": ("metrics.jsonl",),
+    "realtime": ("capture.realtime",),
+    "stills": ("capture.stills",),
+    "summary_json": ("metrics.summary_json",),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="anonstream",
-        description="Real-time face anonymizer for live camera feeds. Raw "
+        description="Real-time anonymizer for live camera feeds: faces and licence plates. Raw "
         "frames never reach a recorder: every frame is detected and masked, or masked whole.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -222,16 +248,31 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flags(demo)
 
     sub.add_parser("config", help="print the documented default configuration file")
+
+    models = sub.add_parser(
+        "models",
+        help="list every model anonstream can use: file, sha256, package, licence",
+        description="List every model the configured detectors use (active or not): the detector and the "
+        "classes it finds, the file and its sha256, the package and version it comes from, its licence and "
+        "where that licence is stated, and what it looks at. Nothing is downloaded, ever.",
+    )
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _config_flags(models)
     return parser
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    """``"a.b.c", v`` as ``{"a": {"b": {"c": v}}}``."""
+    head, _, rest = key.partition(".")
+    return {head: _nested(rest, value) if rest else value}
 
 
 def _overrides(args: argparse.Namespace) -> list[dict[str, Any]]:
     overrides: list[dict[str, Any]] = []
-    for dest, key in FLAG_KEYS.items():
+    for dest, keys in FLAG_KEYS.items():
         value = getattr(args, dest, None)
         if value is not None:
-            section, name = key.split(".")
-            overrides.append({section: {name: str(value) if isinstance(value, Path) else value}})
+            overrides += [_nested(key, str(value) if isinstance(value, Path) else value) for key in keys]
     if getattr(args, "preset", None):
         overrides.append({"preset": args.preset})
     if getattr(args, "source", None):
@@ -278,7 +319,7 @@ def _preflight(settings: Settings) -> None:
     """Catch what a user can get wrong before any process starts."""
     from anonstream.stream.recorders import ensure_output_dir
     from anonstream.stream.sources import classify, open_source, stream_ids
-    from anonstream.workers.runtime import default_model_path
+    from anonstream.workers.models import model_path
 
     if not settings.sources:
         raise ConfigError("no source given: add --source FILE|FOLDER|WEBCAM|URL")
@@ -290,9 +331,10 @@ def _preflight(settings: Settings) -> None:
         raise ConfigError("no output given: add --record DIR (or --record-format null to discard)")
     if settings.record.dir is not None:
         ensure_output_dir(settings.record.dir)
-    model = settings.detector.model or default_model_path()
-    if not model.is_file():
-        raise ConfigError(f"model file {model} does not exist")
+    for name, detector in settings.active_detectors.items():
+        model = model_path(detector)
+        if model is not None and not model.is_file():
+            raise ConfigError(f"detectors.{name}.model: the file {model} does not exist")
     for flag, target in (
         ("--metrics-jsonl", settings.metrics.jsonl),
         ("--summary-json", settings.metrics.summary_json),
@@ -391,6 +433,21 @@ def _demo(args: argparse.Namespace, overrides: list[dict[str, Any]], console: Co
     return code
 
 
+def _models(settings: Settings, as_json: bool) -> int:
+    import dataclasses
+    import json
+
+    from anonstream.report import render_models
+    from anonstream.workers.models import catalogue
+
+    rows = catalogue(settings)
+    if as_json:
+        sys.stdout.write(json.dumps([dataclasses.asdict(row) for row in rows], indent=2) + "\n")
+    else:
+        render_models(_stdout_console(), rows)
+    return 0
+
+
 def _interrupt(*_: object) -> NoReturn:
     raise KeyboardInterrupt
 
@@ -409,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args, overrides, console, level)
         settings = load_settings(args.config, overrides)
+        if args.command == "models":
+            return _models(settings, args.json)
         if args.command == "run":
             return _run_pipeline(settings, console, level, args.quiet)
         if args.command == "capture":

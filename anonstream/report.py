@@ -7,6 +7,7 @@ from rich.table import Table
 
 from anonstream.process import Finished
 from anonstream.stream.metrics import INTERVALS, RunSummary, StreamSummary
+from anonstream.workers.models import ModelInfo
 
 
 def _stream_table(s: StreamSummary) -> Table:
@@ -33,7 +34,19 @@ def render(console: Console, summary: RunSummary | None, reports: list[Finished]
         return
     counts = Table(title="frames", title_justify="left", show_edge=False)
     counts.add_column("stream", no_wrap=True)
-    for column in ("in", "out", "dropped", "lost", "skipped", "refused", "full mask", "held", "outages", "fps"):
+    for column in (
+        "in",
+        "out",
+        "dropped",
+        "lost",
+        "skipped",
+        "refused",
+        "full mask",
+        "held",
+        "masks",
+        "outages",
+        "fps",
+    ):
         counts.add_column(column, justify="right")
     for s in summary.streams:
         counts.add_row(
@@ -46,6 +59,7 @@ def render(console: Console, summary: RunSummary | None, reports: list[Finished]
             str(s.refused),
             str(s.full_masked),
             str(s.held),
+            ", ".join(f"{label} {count}" for label, count in s.masks.items()) or "0",
             f"{s.outages} ({s.down_s:.1f} s)" if s.outages else "0",
             f"{s.fps:.1f}",
         )
@@ -62,3 +76,26 @@ def render(console: Console, summary: RunSummary | None, reports: list[Finished]
         notes.append(f"{worker_restarts} worker restart(s)")
     if notes:
         console.print("\n[yellow]" + ", ".join(notes) + "[/yellow]")
+
+
+def render_models(console: Console, rows: list[ModelInfo]) -> None:
+    """``anonstream models``: one block per model, with everything a licence review asks for."""
+    for row in rows:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
+        state = "on" if row.active else "off (not in `detect`)"
+        table.add_row("detector", f"{row.detector} ({row.family}), {state}")
+        table.add_row("classes", ", ".join(row.classes))
+        table.add_row("file", row.file)
+        if row.sha256:
+            table.add_row("sha256", row.sha256 + (f"  [red]{row.note}[/red]" if row.note else ""))
+        if row.package:
+            table.add_row("package", row.package)
+        table.add_row("licence", row.licence)
+        table.add_row("upstream", row.upstream)
+        if row.evidence:
+            table.add_row("stated in", row.evidence)
+        table.add_row("looks at", row.inputs)
+        console.print(table)
+        console.print()

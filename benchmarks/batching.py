@@ -1,16 +1,18 @@
-"""The detector alone, by batch size and input size: what batching gains on this machine's device.
+"""A detector alone, by batch size and input size: what batching gains on this machine's device.
 
-    python benchmarks/batching.py [--device cpu|cuda|tensorrt|auto] [--sizes 640x352,1088x1920]
-                                  [--batches 1,2,4,8] [--seconds 5] [--threads 0] [--json FILE]
+    python benchmarks/batching.py [--detector faces|plates] [--device cpu|cuda|tensorrt|auto]
+                                  [--sizes 640x352,1088x1920] [--batches 1,2,4,8] [--seconds 5] [--threads 0]
+                                  [--json FILE]
 
-For each input size (W x H as the network sees it) and batch size, runs
-anonstream's detector (``FaceDetector.detect_many``, the call a worker makes
-for a batch of frames) on that many frames of that size, each holding the
-real face of skimage's astronaut photo, over and over for --seconds. Reports
-images per second, milliseconds per batch (p50 / p95), and the gain over
-batch size 1, with the device, the provider really used and the machine.
-Whole-pipeline throughput with and without batching is in throughput.py
-("no batching") and scaling.py (--set detector.batch_size=N).
+For each input size (W x H as the network sees it) and batch size, runs one
+of anonstream's detectors (``detect_many``, the calls a worker makes for a
+batch of frames; for plates, the text detector alone) on that many frames of
+that size, each holding the real face of skimage's astronaut photo and a
+rendered plate, over and over for --seconds. Reports images per second,
+milliseconds per batch (p50 / p95), and the gain over batch size 1, with the
+device, the provider really used and the machine. Whole-pipeline throughput
+with and without batching is in throughput.py ("no batching") and scaling.py
+(--set runtime.batch_size=N).
 """
 
 from __future__ import annotations
@@ -25,26 +27,38 @@ import numpy as np
 from common import RESULTS, console, describe, machine, write_json
 from rich.table import Table
 
-from anonstream.config import DetectorConfig
-from anonstream.demo import astronaut_bgr
-from anonstream.workers.detector import FaceDetector, Frame
+from anonstream.config import Settings, load_settings
+from anonstream.demo import astronaut_bgr, plate_image
+from anonstream.workers.detectors import Frame, make_detector
 
 
 def frames_of(width: int, height: int, count: int) -> list[Frame]:
-    """``count`` different frames of this size, the face in a different place in each."""
+    """``count`` different frames of this size, the face and a plate in a different place in each."""
     photo = cv2.resize(astronaut_bgr(), (min(width, height) // 2,) * 2)
+    plate = plate_image(max(40, width // 6))
     frames = []
     for i in range(count):
         canvas = np.full((height, width, 3), 100, np.uint8)
         x = (i * 97) % (width - photo.shape[1] + 1)
         y = (i * 53) % (height - photo.shape[0] + 1)
         canvas[y : y + photo.shape[0], x : x + photo.shape[1]] = photo
+        canvas[-plate.shape[0] - 4 : -4, -plate.shape[1] - 4 : -4] = plate
         frames.append(Frame(canvas, seq=i))
     return frames
 
 
+def settings_for(detector: str, device: str, batch: int) -> Settings:
+    """The detector's model on the whole frame at its native size, nothing else."""
+    whole = {"whole": True, "max_side": 0, "tile_scale": 0.0, "tiles": 0}
+    section: dict[str, object] = {"stills": whole, "video": whole}
+    if detector == "plates":
+        section |= {"shapes": "never"}
+    return load_settings(None, [{"runtime": {"device": device, "batch_size": batch}, "detectors": {detector: section}}])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--detector", default="faces", choices=["faces", "plates"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
     parser.add_argument("--sizes", default="640x352,1088x1920", help="detector input sizes, W x H, comma-separated")
     parser.add_argument("--batches", default="1,2,4,8", help="batch sizes, comma-separated")
@@ -60,12 +74,13 @@ def main() -> int:
     provider = ""
     for width, height in sizes:
         for batch in batches:
-            config = DetectorConfig(device=args.device, max_side=0, tile_scale=0, batch_size=batch)
-            detector = FaceDetector(config, threads=args.threads)
+            settings = settings_for(args.detector, args.device, batch)
+            config = settings.detectors[args.detector]
+            detector = make_detector(args.detector, config, settings, args.threads)
             provider = detector.provider
             frames = frames_of(width, height, batch)
             found = detector.detect_many(frames)  # warm-up (TensorRT builds its engine here)
-            assert all(len(d) for d in found), "the detector must find the face in every frame"
+            assert all(len(d) for d in found), f"the {args.detector} detector must find something in every frame"
             times = []
             end = time.perf_counter() + args.seconds
             while time.perf_counter() < end or len(times) < 3:
@@ -84,7 +99,7 @@ def main() -> int:
                 }
             )
             out.print(f"  {width}x{height} batch {batch}: {batch / per_batch:.1f} images/s")
-    table = Table(title=f"detector alone on {provider}, by input size and batch; {describe(info)}")
+    table = Table(title=f"{args.detector} detector alone on {provider}, by input size and batch; {describe(info)}")
     for column in ("input W x H", "batch", "images/s", "vs batch 1", "ms/batch p50", "p95"):
         table.add_column(column, justify="right")
     for row in rows:
@@ -99,8 +114,10 @@ def main() -> int:
             f"{row['ms_per_batch_p95']:.1f}",
         )
     out.print(table)
-    path = args.json or RESULTS / f"batching-{provider.removesuffix('ExecutionProvider').lower()}.json"
-    write_json(path, {"machine": info, "device": args.device, "provider": provider, "rows": rows})
+    device = provider.removesuffix("ExecutionProvider").lower()
+    path = args.json or RESULTS / f"batching-{args.detector}-{device}.json"
+    payload = {"machine": info, "detector": args.detector, "device": args.device, "provider": provider}
+    write_json(path, payload | {"rows": rows})
     out.print(f"figures written to {path}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Protection: how many annotated faces (or plates) each tool really hides, anonstream and deface side by side.
+"""Protection: how many annotated faces or plates each tool really hides, anonstream and deface side by side.
 
     python benchmarks/protection.py [DATASET] [--limit N] [--set KEY=VALUE ...] [--json FILE]
 
@@ -7,7 +7,9 @@ DATASET is any folder with a gt.csv (image,x,y,w,h,label,ignore; see
 are first decoded once into PNG files, so that both tools read the same pixels
 and write lossless output. Then, in the same run:
 - anonstream: `anonstream run --source <pngs> --record <out> --mask solid --stills`,
-  the command users run, with its default configuration plus any --set
+  the command users run, with its default configuration (faces and plates)
+  plus any --set, e.g. `--set 'detect=["plates"]'` or
+  `--set detectors.plates.shapes=always` to measure one detector or cue
   (--sequence drops --stills, for a folder of video frames such as otb_girl);
 - deface: `deface --replacewith solid --boxes` with its defaults otherwise
   (CenterFace at full resolution, threshold 0.2, mask scale 1.3 (each side grown by 0.3), CPU provider).
@@ -205,7 +207,7 @@ def score(
 def render(scores: list[Score], dataset: Path, info: dict[str, object], sequence: bool) -> Table:
     kind = "a sequence" if sequence else "stills"
     table = Table(title=f"protection on {dataset.name} ({scores[0].images} images, {kind}); {describe(info)}")
-    table.add_column("faces by size", justify="left")
+    table.add_column("boxes by size", justify="left")
     table.add_column("boxes", justify="right")
     for s in scores:
         table.add_column(f"{s.tool} protected", justify="right")

@@ -4,11 +4,11 @@
 
 Each repetition runs every configuration once, in alternating order, as a
 user would run it (whole command, start-up included): deface with its
-defaults (full-resolution detection, CPU provider), then anonstream at
-deface's detector input size and at its own default, with 1 and 2 workers,
-then the default without the tracker, the max-privacy preset (rotating
-high-resolution tiles on video) and the default with batches of 4 frames,
-to show what each feature costs or gains.
+defaults (full-resolution detection, CPU provider), then anonstream's
+default (faces and plates) and `--detect faces`, with 1 and 2 workers, each
+plate cue alone, faces at deface's detector input size, and, on the default,
+the tracker off, the max-privacy preset (rotating high-resolution face tiles
+on video) and batches of 4 frames, to show what each feature costs or gains.
 Reports frames per second (median over repetitions), the ratio to deface,
 wall and CPU time, peak memory of the largest process, and the machine.
 The default video is ../shared/eval/videos/webcam_face_608x1080.mp4
@@ -28,17 +28,25 @@ import av
 from common import ANONSTREAM, EVAL, RESULTS, console, describe, machine, measure, need, write_json
 from rich.table import Table
 
+RUN = ["anonstream", "run"]
+FACES = ["--detect", "faces"]
 CONFIGS: dict[str, list[str]] = {
     "deface (CPU, full resolution)": ["deface", "--ep", "CPUExecutionProvider", "{video}", "-o", "{out}/deface.mp4"],
-    "anonstream 1 worker, full resolution": ["anonstream", "run", "--workers", "1", "--max-side", "0"],
-    "anonstream 2 workers, full resolution": ["anonstream", "run", "--workers", "2", "--max-side", "0"],
-    "anonstream 1 worker, default": ["anonstream", "run", "--workers", "1"],
-    "anonstream 2 workers, default": ["anonstream", "run", "--workers", "2"],
+    "anonstream 2 workers, default (faces and plates)": [*RUN, "--workers", "2"],
+    "anonstream 2 workers, --detect faces": [*RUN, "--workers", "2", *FACES],
+    "anonstream 1 worker, default (faces and plates)": [*RUN, "--workers", "1"],
+    "anonstream 1 worker, --detect faces": [*RUN, "--workers", "1", *FACES],
+    # what each plate cue costs
+    "anonstream 2 workers, plates: text detector only": [*RUN, "--set", "detectors.plates.shapes=never"],
+    "anonstream 2 workers, plates: shape cue only": [*RUN, "--set", "detectors.plates.text=false"],
+    "anonstream 2 workers, plates: text on the whole frame too": [*RUN, "--set", "detectors.plates.video.whole=true"],
+    # faces at deface's detector input size
+    "anonstream 2 workers, --detect faces, full resolution": [*RUN, "--workers", "2", *FACES, "--max-side", "0"],
     # what each privacy feature costs on video, against the default
-    "anonstream 2 workers, tracker off": ["anonstream", "run", "--workers", "2", "--set", "tracker.hold_frames=0"],
-    "anonstream 2 workers, --preset max-privacy": ["anonstream", "run", "--workers", "2", "--preset", "max-privacy"],
-    # what batching frames through the model does on this device (the default on the CPU is no batching)
-    "anonstream 2 workers, batches of 4": ["anonstream", "run", "--workers", "2", "--set", "detector.batch_size=4"],
+    "anonstream 2 workers, tracker off": [*RUN, "--workers", "2", "--set", "tracker.hold_frames=0"],
+    "anonstream 2 workers, --preset max-privacy": [*RUN, "--workers", "2", "--preset", "max-privacy"],
+    # what batching frames through the models does on this device (the default on the CPU is no batching)
+    "anonstream 2 workers, batches of 4": [*RUN, "--workers", "2", "--set", "runtime.batch_size=4"],
 }
 
 

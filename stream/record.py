@@ -16,19 +16,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from anonstream.config import Settings
 from anonstream.errors import NotAnonymizedError, RecorderError, WireError
 from anonstream.process import Channel, Finished, log_sampled
+from anonstream.stream.detections import Detections
+from anonstream.stream.masking import Masking
 from anonstream.stream.metrics import FrameLog, RunSummary, StreamMetrics
 from anonstream.stream.recorders import Recorder, ensure_output_dir, make_recorder
 from anonstream.stream.sequencer import Ended, Lost, Released, Sequencer
 from anonstream.stream.tracker import Tracker
 from anonstream.stream.transport import MAX_STREAMS, FrameReceiver
 from anonstream.stream.wire import Dropped, Flag, FrameMessage, Message, Stage
-from anonstream.workers.detections import Detections
-from anonstream.workers.masking import Masker, make_masker
 
 if TYPE_CHECKING:
     from multiprocessing.sharedctypes import SynchronizedArray
@@ -138,7 +136,7 @@ class RecordStage:
             log.error("%s", exc)
             return
         header.stamp(Stage.RECORDED)
-        stats.frame(header, len(tracked))
+        stats.frame(header, tracked)
         frame_log.frame(header, tracked)
         if self.progress is not None and header.stream in self.expect:
             with self.progress.get_lock():
@@ -160,27 +158,26 @@ def _close_all(recorders: Iterable[Recorder]) -> None:
 
 @dataclass
 class _Hold:
-    """The tracker step: masks, with the workers' masking code, the faces a stream's tracks still hold."""
+    """The tracker step: masks, with the workers' masking code, what a stream's tracks still hold."""
 
     settings: Settings
     trackers: dict[str, Tracker] = field(default_factory=dict)
-    masker: Masker = field(init=False)
+    masking: Masking = field(init=False)
 
     def __post_init__(self) -> None:
-        self.masker = make_masker(self.settings.mask)
+        self.masking = Masking(self.settings.mask)
 
-    def __call__(self, message: FrameMessage) -> tuple[FrameMessage, np.ndarray]:
+    def __call__(self, message: FrameMessage) -> tuple[FrameMessage, Detections]:
         """The frame with held masks added, and those boxes (the header's boxes stay the detected ones)."""
         header = message.header
-        none = np.zeros((0, 4), np.float32)
         # Unflagged frames go on to be refused; stills carry no state from one image to the next.
         if not header.flags & Flag.ANONYMIZED or header.flags & Flag.STILL:
-            return message, none
+            return message, Detections.empty()
         tracker = self.trackers.setdefault(header.stream, Tracker(self.settings.tracker))
-        detected = np.asarray([box[:4] for box in header.boxes], np.float32).reshape(-1, 4)
+        detected = Detections.from_wire(header.boxes)
         held = tracker.update(header.seq, header.shape, detected, blind=bool(header.flags & Flag.FULL_MASK))
         if not len(held):
-            return message, none
+            return message, held
         pixels = message.pixels if message.pixels.flags.writeable else message.pixels.copy()
-        self.masker.apply(pixels, Detections(held, np.ones(len(held), np.float32)))
+        self.masking.apply(pixels, held)
         return FrameMessage(header, pixels), held

@@ -3,10 +3,12 @@
 Detectors miss faces for a frame or two (motion blur, a turned head, a small
 face between two looks of the rotating high-resolution tiles). Workers are
 stateless, so this runs where each stream is in order again: in the record
-stage, after the sequencer. Each face detected becomes a track; while it is
-not detected again, its mask stays for ``hold_frames`` frames, moves with the
-face's estimated velocity (for ``COAST`` frames at most) and grows, since
-where the face is becomes less certain the longer it is unseen.
+stage, after the sequencer. Each face or plate detected becomes a track of
+its class; while it is not detected again, its mask stays for
+``hold_frames`` frames, moves with its estimated velocity (for ``COAST``
+frames at most) and grows, since where it is becomes less certain the longer
+it is unseen. Detections continue tracks of their own class only, and each
+class has its own hold (``tracker.by_class``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anonstream.config import TrackerConfig
-from anonstream.workers.detections import iou_matrix
+from anonstream.stream.detections import Detections, iou_matrix
 
 SMOOTHING = 0.5  # weight of the newest displacement in the velocity estimate
 COAST = 5  # frames a held mask keeps moving at the last velocity; after that it stays and only grows
@@ -24,7 +26,8 @@ COAST = 5  # frames a held mask keeps moving at the last velocity; after that it
 
 @dataclass
 class Track:
-    box: np.ndarray  # x1, y1, x2, y2 where the face was last detected
+    label: str
+    box: np.ndarray  # x1, y1, x2, y2 where it was last detected
     velocity: np.ndarray  # centre displacement per frame, x and y
     seen: int  # seq of the frame it was last detected in
 
@@ -75,27 +78,35 @@ class Tracker:
         self.tracks: list[Track] = []
         self._shape: tuple[int, ...] = ()
 
-    def update(self, seq: int, shape: tuple[int, ...], detected: np.ndarray, blind: bool = False) -> np.ndarray:
-        """Boxes (K, 4) to mask in frame ``seq`` besides what was detected in it.
+    def update(self, seq: int, shape: tuple[int, ...], detected: Detections, blind: bool = False) -> Detections:
+        """What to mask in frame ``seq`` besides what was detected in it: each class's held boxes.
 
         ``blind``: the frame was masked whole, so nothing was detected and
         nothing needs adding; tracks keep their last sighting.
         """
-        if self.config.hold_frames == 0 or shape != self._shape:
+        if shape != self._shape:
             self.tracks = []  # a new size is a new scene (or a new segment): nothing carries over
             self._shape = shape
-        if self.config.hold_frames == 0:
-            return np.zeros((0, 4), np.float32)
-        grow = self.config.grow
-        self.tracks = [t for t in self.tracks if seq - t.seen <= self.config.hold_frames]
+        self.tracks = [t for t in self.tracks if seq - t.seen <= self.config.style(t.label).hold_frames]
         if blind:
-            return np.zeros((0, 4), np.float32)
-        predicted = np.array([t.predicted(seq, grow) for t in self.tracks]).reshape(-1, 4)
+            return Detections.empty()
+        held = []
+        for label in sorted({t.label for t in self.tracks} | set(detected.classes())):
+            if self.config.style(label).hold_frames:
+                held.append(
+                    Detections.of(label, self._update_class(label, seq, detected.boxes[detected.labels == label]))
+                )
+        return Detections.concat(held)
+
+    def _update_class(self, label: str, seq: int, detected: np.ndarray) -> np.ndarray:
+        style = self.config.style(label)
+        tracks = [t for t in self.tracks if t.label == label]
+        predicted = np.array([t.predicted(seq, style.grow) for t in tracks]).reshape(-1, 4)
         matched_tracks: set[int] = set()
         matched_boxes: set[int] = set()
         if len(predicted) and len(detected):
-            last = np.array([t.box for t in self.tracks])
-            score = affinity(predicted, last, detected, self.config.match_iou)
+            last = np.array([t.box for t in tracks])
+            score = affinity(predicted, last, detected, style.match_iou)
             for flat in np.argsort(-score, axis=None):
                 t, d = divmod(int(flat), len(detected))
                 if score[t, d] <= 0:
@@ -104,11 +115,11 @@ class Tracker:
                     continue
                 matched_tracks.add(t)
                 matched_boxes.add(d)
-                self._follow(self.tracks[t], detected[d], seq)
-        held = [predicted[i] for i in range(len(self.tracks)) if i not in matched_tracks]
+                self._follow(tracks[t], detected[d], seq)
+        held = [predicted[i] for i in range(len(tracks)) if i not in matched_tracks]
         for d in range(len(detected)):
             if d not in matched_boxes:
-                self.tracks.append(Track(detected[d].astype(np.float64), np.zeros(2), seq))
+                self.tracks.append(Track(label, detected[d].astype(np.float64), np.zeros(2), seq))
         return np.asarray(held, np.float32).reshape(-1, 4)
 
     @staticmethod

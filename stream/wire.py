@@ -1,6 +1,7 @@
-"""The wire format between anonstream's processes, version 4.
+"""The wire format between anonstream's processes, version 5.
 
-Version 2 added Flag.STILL, 3 Flag.RESUMED, 4 Flag.LIVE and the drop notice.
+Version 2 added Flag.STILL, 3 Flag.RESUMED, 4 Flag.LIVE and the drop notice,
+5 the class of each masked box.
 
 A frame is a two-part ZeroMQ message: a msgpack header, then the raw pixel
 buffer, sent and received without copying. End of stream is its own one-part
@@ -28,7 +29,7 @@ Header keys (msgpack map; no other keys are accepted):
     stamps   [int]  one wall-clock time in ns per Stage, 0 where not reached
     name     str    image file name relative to its source folder (no '..', no absolute path), else ""
     dropped  int    frames this stream has dropped before sending, so far
-    boxes    [[x1,y1,x2,y2,score]]  regions the worker masked
+    boxes    [[x1,y1,x2,y2,score,class]]  regions the worker masked; class is a CLASS_NAME ("face", "plate"...)
     --- end of stream only ---
     frames   int    how many frames the capture sent (seq 0..frames-1)
     skipped  int    source frames that could not be decoded
@@ -53,13 +54,14 @@ import numpy as np
 
 from anonstream.errors import WireError
 
-WIRE_VERSION = 4
+WIRE_VERSION = 5
 MAX_SIDE = 16384
 MAX_BOXES = 4096  # boxes listed in a header; a crowd may have more masked, the best-scored are listed
-MAX_HEADER_BYTES = 64 * 1024 + MAX_BOXES * 48  # room for MAX_BOXES boxes (46 msgpack bytes each)
+MAX_HEADER_BYTES = 64 * 1024 + MAX_BOXES * 80  # room for MAX_BOXES boxes (46 msgpack bytes, and the class name)
 
 MAX_STAMP = 2**62
 STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # also a safe file name
+CLASS_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # what a box is: "face", "plate", or a class of your own model
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 DTYPES = frozenset({"uint8", "uint16", "float32"})  # float32 pixels are in [0, 1]
@@ -95,7 +97,7 @@ class Stage(IntEnum):
     RECORDED = 7
 
 
-Box = tuple[float, float, float, float, float]
+Box = tuple[float, float, float, float, float, str]  # x1, y1, x2, y2, score, class
 
 
 @dataclass(slots=True)
@@ -362,9 +364,15 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
         raise WireError("header field 'boxes' must be a list of at most 4096 boxes")
     boxes: list[Box] = []
     for box in boxes_raw:
-        if not isinstance(box, list) or len(box) != 5 or any(type(v) not in (int, float) for v in box):
-            raise WireError("each box must be [x1, y1, x2, y2, score]")
-        boxes.append((float(box[0]), float(box[1]), float(box[2]), float(box[3]), float(box[4])))
+        if (
+            not isinstance(box, list)
+            or len(box) != 6
+            or any(type(v) not in (int, float) for v in box[:5])
+            or not isinstance(box[5], str)
+            or not CLASS_NAME.fullmatch(box[5])
+        ):
+            raise WireError("each box must be [x1, y1, x2, y2, score, class]")
+        boxes.append((float(box[0]), float(box[1]), float(box[2]), float(box[3]), float(box[4]), box[5]))
     flags = _int(head, "flags", 0, int(max(Flag)) * 2 - 1)
     header = FrameHeader(
         stream=_stream(head),

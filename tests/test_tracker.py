@@ -12,6 +12,7 @@ import pytest
 
 from anonstream.config import TrackerConfig
 from anonstream.demo import AstronautClip, astronaut_bgr
+from anonstream.stream.detections import Detections
 from anonstream.stream.tracker import Tracker
 from tests.conftest import MARK, decode_video, marked_model, run_cli
 
@@ -20,37 +21,41 @@ FACE = np.array([[100, 100, 140, 150]], np.float32)
 NONE = np.zeros((0, 4), np.float32)
 
 
+def faces(boxes: np.ndarray) -> Detections:
+    return Detections.of("face", boxes)
+
+
 def test_a_missed_face_is_held_moved_and_grown() -> None:
     tracker = Tracker(TrackerConfig(hold_frames=5, grow=0.1))
-    assert len(tracker.update(0, SHAPE, FACE)) == 0  # detected: the worker masked it already
+    assert len(tracker.update(0, SHAPE, faces(FACE))) == 0  # detected: the worker masked it already
     step = np.array([10, 0, 10, 0], np.float32)  # moving right, 10 px per frame
-    assert len(tracker.update(1, SHAPE, FACE + step)) == 0
-    held = tracker.update(2, SHAPE, NONE)
+    assert len(tracker.update(1, SHAPE, faces(FACE + step))) == 0
+    held = tracker.update(2, SHAPE, faces(NONE))
     assert len(held) == 1
-    centre = (held[0, :2] + held[0, 2:]) / 2
+    centre = (held.boxes[0, :2] + held.boxes[0, 2:]) / 2
     assert centre[0] > 130  # moved on with the face (it was at 130 in frame 1)
-    assert held[0, 2] - held[0, 0] > 40 and held[0, 3] - held[0, 1] > 50  # and grew
+    assert held.boxes[0, 2] - held.boxes[0, 0] > 40 and held.boxes[0, 3] - held.boxes[0, 1] > 50  # and grew
 
 
 def test_a_hold_ends_after_hold_frames() -> None:
     tracker = Tracker(TrackerConfig(hold_frames=3))
-    tracker.update(0, SHAPE, FACE)
-    assert [len(tracker.update(seq, SHAPE, NONE)) for seq in range(1, 7)] == [1, 1, 1, 0, 0, 0]
+    tracker.update(0, SHAPE, faces(FACE))
+    assert [len(tracker.update(seq, SHAPE, faces(NONE))) for seq in range(1, 7)] == [1, 1, 1, 0, 0, 0]
 
 
 def test_lost_frames_count_as_time_passing() -> None:
     tracker = Tracker(TrackerConfig(hold_frames=3))
-    tracker.update(0, SHAPE, FACE)
-    assert len(tracker.update(2, SHAPE, NONE)) == 1
-    assert len(tracker.update(9, SHAPE, NONE)) == 0
+    tracker.update(0, SHAPE, faces(FACE))
+    assert len(tracker.update(2, SHAPE, faces(NONE))) == 1
+    assert len(tracker.update(9, SHAPE, faces(NONE))) == 0
 
 
 def test_only_the_missed_face_is_held() -> None:
     other = np.array([[400, 50, 440, 100]], np.float32)
     tracker = Tracker(TrackerConfig())
-    tracker.update(0, SHAPE, np.concatenate([FACE, other]))
-    held = tracker.update(1, SHAPE, other + 2)
-    assert len(held) == 1 and held[0, 0] < 200
+    tracker.update(0, SHAPE, faces(np.concatenate([FACE, other])))
+    held = tracker.update(1, SHAPE, faces(other + 2))
+    assert len(held) == 1 and held.boxes[0, 0] < 200
 
 
 @pytest.mark.parametrize(
@@ -63,13 +68,13 @@ def test_only_the_missed_face_is_held() -> None:
 )
 def test_nothing_held(config: TrackerConfig, shape: tuple[int, ...], blind: bool) -> None:
     tracker = Tracker(config)
-    tracker.update(0, SHAPE, FACE)
-    assert len(tracker.update(1, shape, NONE, blind=blind)) == 0
+    tracker.update(0, SHAPE, faces(FACE))
+    assert len(tracker.update(1, shape, faces(NONE), blind=blind)) == 0
 
 
 def test_no_detections_ever_means_no_masks() -> None:
     tracker = Tracker(TrackerConfig())
-    assert all(len(tracker.update(seq, SHAPE, NONE)) == 0 for seq in range(10))
+    assert all(len(tracker.update(seq, SHAPE, faces(NONE))) == 0 for seq in range(10))
 
 
 @pytest.mark.parametrize("hold", [15, 0])
@@ -85,6 +90,7 @@ def test_face_hidden_from_the_detector_stays_masked(tmp_path: Path, hold: int) -
     jsonl = tmp_path / "frames.jsonl"
     args = ["--source", str(source), "--record", str(tmp_path / "out"), "--mask", "solid", "--workers", "1"]
     args += ["--model", str(marked_model(tmp_path / "blinkered.onnx", fill=0.0)), "--metrics-jsonl", str(jsonl)]
+    args += ["--detect", "faces"]
     result = run_cli("run", *args, "--set", f"tracker.hold_frames={hold}")
     assert result.returncode == 0, result.stderr
     out, _ = decode_video(tmp_path / "out" / "clip.mp4")
@@ -96,7 +102,8 @@ def test_face_hidden_from_the_detector_stays_masked(tmp_path: Path, hold: int) -
         # with the tracker every frame is masked; without it, the blinded frames show the face
         assert filled == (hold > 0 or index not in blinded), f"frame {index}"
         # a held mask sits on the face exactly where the detector missed it (no ghost after it returns)
-        on_face = [b for b in records[index]["tracked"] if b[0] < x2 and b[2] > x1 and b[1] < y2 and b[3] > y1]
+        tracked = records[index]["tracked"].get("face", [])
+        on_face = [b for b in tracked if b[0] < x2 and b[2] > x1 and b[1] < y2 and b[3] > y1]
         assert bool(on_face) == (hold > 0 and index in blinded), f"frame {index}"
 
 
@@ -113,8 +120,32 @@ def _encode(frames: list[np.ndarray], path: Path, fps: int) -> None:
 
 def test_a_fast_face_continues_its_track_instead_of_leaving_a_ghost() -> None:
     tracker = Tracker(TrackerConfig())
-    tracker.update(0, SHAPE, FACE)
+    tracker.update(0, SHAPE, faces(FACE))
     # moved by 0.8 of its width: little overlap with where it was, but clearly the same face
-    assert len(tracker.update(1, SHAPE, FACE + np.array([32, 5, 32, 5], np.float32))) == 0
+    assert len(tracker.update(1, SHAPE, faces(FACE + np.array([32, 5, 32, 5], np.float32)))) == 0
     far = np.array([[400, 100, 440, 150]], np.float32)
-    assert len(tracker.update(2, SHAPE, far)) == 1  # a different face: the first one is held
+    assert len(tracker.update(2, SHAPE, faces(far))) == 1  # a different face: the first one is held
+
+
+def test_detections_continue_tracks_of_their_own_class_only() -> None:
+    """A plate found where a face was is not that face: the face's mask is held beside it."""
+    tracker = Tracker(TrackerConfig())
+    tracker.update(0, SHAPE, faces(FACE))
+    held = tracker.update(1, SHAPE, Detections.of("plate", FACE + 1))
+    assert held.labels.tolist() == ["face"]
+    assert len(tracker.update(2, SHAPE, Detections.of("plate", FACE + 2))) == 1  # the plate continues its own track
+
+
+def test_each_class_holds_for_its_own_number_of_frames() -> None:
+    config = TrackerConfig.model_validate({"hold_frames": 2, "by_class": {"plate": {"hold_frames": 5}}})
+    assert config.style("plate").grow == config.grow  # the rest comes from [tracker]
+    tracker = Tracker(config)
+    tracker.update(0, SHAPE, Detections.concat([faces(FACE), Detections.of("plate", FACE + 200)]))
+    held = [tracker.update(seq, SHAPE, faces(NONE)).labels.tolist() for seq in range(1, 7)]
+    assert held == [["face", "plate"]] * 2 + [["plate"]] * 3 + [[]]
+
+
+def test_a_class_with_no_hold_is_never_held() -> None:
+    tracker = Tracker(TrackerConfig.model_validate({"by_class": {"plate": {"hold_frames": 0}}}))
+    tracker.update(0, SHAPE, Detections.of("plate", FACE))
+    assert len(tracker.update(1, SHAPE, faces(NONE))) == 0

@@ -10,6 +10,7 @@ import pytest
 import zmq
 
 from anonstream.errors import WireError
+from anonstream.stream.detections import Detections
 from anonstream.stream.transport import FrameReceiver, FrameSender
 from anonstream.stream.wire import (
     MAX_BOXES,
@@ -25,7 +26,6 @@ from anonstream.stream.wire import (
     encode,
     pixel_layout,
 )
-from anonstream.workers.detections import Detections
 
 rng = np.random.default_rng(7)
 
@@ -43,7 +43,7 @@ def _header(pixels: np.ndarray, seq: int = 0) -> FrameHeader:
         pixfmt=pixel_layout(pixels),
         flags=Flag.ANONYMIZED,
         name="a/b.png",
-        boxes=[(1.0, 2.0, 3.5, 4.5, 0.9)],
+        boxes=[(1.0, 2.0, 3.5, 4.5, 0.9, "face"), (10.0, 20.0, 50.5, 35.0, 0.6, "plate")],
     )
 
 
@@ -159,6 +159,9 @@ MALFORMED = {
     "zero time base": [_head(tb=[1, 0]), PIXELS],
     "short stamps": [_head(stamps=[0, 0]), PIXELS],
     "bad box": [_head(boxes=[[1, 2, 3]]), PIXELS],
+    "box without its class": [_head(boxes=[[1, 2, 3, 4, 0.5]]), PIXELS],
+    "box with a bad class": [_head(boxes=[[1, 2, 3, 4, 0.5, "../face"]]), PIXELS],
+    "box with a numeric class": [_head(boxes=[[1, 2, 3, 4, 0.5, 7]]), PIXELS],
     "unknown flags": [_head(flags=1024), PIXELS],
     "oversized header": [b"\x00" * (MAX_HEADER_BYTES + 1), PIXELS],
     "float channel count": [_head(shape=[4, 6, 3.0]), PIXELS],
@@ -222,8 +225,22 @@ def test_a_crowd_fits_in_one_header() -> None:
     scores = rng.random(MAX_BOXES + 500).astype(np.float32)
     boxes = np.column_stack([rng.uniform(0, 5000, (len(scores), 2))] * 2).astype(np.float32)
     header = _header(pixels)
-    header.boxes = Detections(boxes, scores).to_wire()
+    labels = np.array(["face", "plate", "c" * 32])[np.arange(len(scores)) % 3]  # "c" * 32: the longest class name
+    header.boxes = Detections(boxes, scores, labels).to_wire()
     decoded = decode(encode(FrameMessage(header, pixels)))
     assert isinstance(decoded, FrameMessage)
     assert len(decoded.header.boxes) == MAX_BOXES
     assert min(b[4] for b in decoded.header.boxes) >= np.sort(scores)[-MAX_BOXES] - 1e-6
+
+
+def test_classes_survive_the_wire() -> None:
+    pixels = ARRAYS["one pixel"]
+    header = _header(pixels)
+    face, plate = Detections.of("face", np.array([[1, 2, 3, 4]])), Detections.of("plate", np.array([[5, 6, 9, 8]]))
+    found = Detections.concat([face, plate])
+    header.boxes = found.to_wire()
+    decoded = decode(encode(FrameMessage(header, pixels)))
+    assert isinstance(decoded, FrameMessage)
+    back = Detections.from_wire(decoded.header.boxes)
+    assert back.labels.tolist() == ["face", "plate"] and back.counts() == {"face": 1, "plate": 1}
+    np.testing.assert_array_equal(back.boxes, found.boxes)

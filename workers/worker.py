@@ -1,4 +1,4 @@
-"""The detection worker: receive a raw frame, mask every face, send it on.
+"""The detection worker: receive a raw frame, mask every face and plate, send it on.
 
 Workers are stateless, so any frame of any stream can go to any of them. The
 one rule: nothing leaves a worker unless it is anonymized. When detection
@@ -26,37 +26,54 @@ import numpy as np
 
 from anonstream.config import Settings
 from anonstream.process import Channel, Finished, log_sampled
+from anonstream.stream.detections import Detections
+from anonstream.stream.masking import Masking, mask_whole_frame
 from anonstream.stream.transport import MAX_BACKLOG, POLL_MS, FrameReceiver, FrameSender
 from anonstream.stream.wire import Box, Dropped, EndOfStream, Flag, FrameHeader, FrameMessage, Stage
-from anonstream.workers.detections import Detections
-from anonstream.workers.detector import FaceDetector, Frame, Prepared
-from anonstream.workers.masking import Masker, make_masker, mask_whole_frame
+from anonstream.workers.detectors import Detector, Frame, Prepared, make_detectors
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Anonymizer:
-    """Detection plus masking for a batch of frames, failing closed frame by frame."""
+    """Every detector, then masking, for a batch of frames, failing closed frame by frame."""
 
-    detector: FaceDetector
-    masker: Masker
+    detectors: list[Detector]
+    masking: Masking
     counters: dict[str, int] = field(
         default_factory=lambda: {"frames": 0, "batches": 0, "full_masked": 0, "unmaskable": 0}
     )
 
+    @property
+    def batch_size(self) -> int:
+        """Frames taken at once: as many as the detector batching most takes in one inference."""
+        return max(detector.batch_size for detector in self.detectors)
+
     def process(self, message: FrameMessage) -> FrameMessage | None:
         return self.process_batch([message])[0]
 
-    def prepare(self, messages: list[FrameMessage]) -> Prepared | None:
-        """The model inputs for a batch, made ahead; None if that fails (``process_batch`` then fails closed)."""
+    def prepare(self, messages: list[FrameMessage]) -> list[Prepared] | None:
+        """Each detector's inputs for a batch, made ahead; None if that fails (``process_batch`` then fails closed)."""
         try:
-            return self.detector.prepare([_frame(m) for m in messages])
+            return self._prepare(messages)
         except Exception:
             return None  # not swallowed: process_batch prepares again, and its failure is handled and counted there
 
+    def _prepare(self, messages: list[FrameMessage]) -> list[Prepared]:
+        frames = [_frame(m) for m in messages]
+        return [detector.prepare(frames) for detector in self.detectors]
+
+    def detect(self, messages: list[FrameMessage], prepared: list[Prepared] | None = None) -> list[Detections]:
+        """What every detector found in each frame."""
+        per_detector = [
+            detector.infer(ready)
+            for detector, ready in zip(self.detectors, prepared or self._prepare(messages), strict=True)
+        ]
+        return [Detections.concat(found) for found in zip(*per_detector, strict=True)]
+
     def process_batch(
-        self, messages: list[FrameMessage], prepared: Prepared | None = None
+        self, messages: list[FrameMessage], prepared: list[Prepared] | None = None
     ) -> list[FrameMessage | None]:
         """Each frame anonymized (None: dropped, counted), in the order given.
 
@@ -67,7 +84,7 @@ class Anonymizer:
         for message in messages:
             message.header.stamp(Stage.INFER_START)
         try:
-            found = self.detector.infer(prepared or self.detector.prepare([_frame(m) for m in messages]))
+            found = self.detect(messages, prepared)
         except Exception as exc:
             if len(messages) == 1:
                 return [self._mask_whole(messages[0], exc)]
@@ -84,7 +101,7 @@ class Anonymizer:
         try:
             # The received buffer belongs to this worker: mask it in place unless it is read-only.
             pixels = message.pixels if message.pixels.flags.writeable else message.pixels.copy()
-            self.masker.apply(pixels, detections)
+            self.masking.apply(pixels, detections)
         except Exception as exc:
             return self._mask_whole(message, exc)
         return self._finish(message.header, Flag.ANONYMIZED, detections.to_wire(), pixels)
@@ -239,20 +256,21 @@ class WorkerStage:
 
     def serve(self, stop: threading.Event, channel: Channel) -> None:
         cfg = self.settings
-        threads = self.threads or cfg.detector.threads or max(1, (os.cpu_count() or 1) // cfg.worker.count)
+        threads = self.threads or cfg.runtime.threads or max(1, (os.cpu_count() or 1) // cfg.worker.count)
         cv2.setNumThreads(threads)  # resizing and masking share the worker's share of the cores
-        anonymizer = Anonymizer(FaceDetector(cfg.detector, threads), make_masker(cfg.mask))
+        anonymizer = Anonymizer(make_detectors(cfg, threads), Masking(cfg.mask))
         hwm, linger = cfg.transport.frame_hwm, cfg.transport.linger_ms
         accept = (FrameMessage, EndOfStream)
         with FrameReceiver(hwm, linger, accept) as receiver, FrameSender(hwm, linger) as sender:
             for endpoint in self.inputs:
                 receiver.connect(endpoint)
             sender.connect(self.output)
-            channel.ready(f"{anonymizer.detector.description}, {threads} thread(s) each")
-            size, wait_s = anonymizer.detector.batch_size, cfg.detector.batch_wait_ms / 1000
+            described = "; ".join(detector.description for detector in anonymizer.detectors)
+            channel.ready(f"{described}; {threads} thread(s) each")
+            size, wait_s = anonymizer.batch_size, cfg.runtime.batch_wait_ms / 1000
             backlog = Backlog(receiver, size, wait_s, cfg.transport.live_depth)
 
-            def take() -> tuple[Taken, Prepared | None]:
+            def take() -> tuple[Taken, list[Prepared] | None]:
                 taken = backlog.take()
                 return taken, anonymizer.prepare(taken.frames) if taken.frames else None
 

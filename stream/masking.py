@@ -1,9 +1,12 @@
-"""Masking strategies behind one small interface.
+"""Masking strategies behind one small interface, chosen per class.
 
-A masker replaces each detected region in place. Blur keeps no more detail
-than ``blocks`` samples across a face before smoothing, so no deblurring can
-bring the face back; pixelate shows those samples as blocks; solid fills.
-``mask_whole_frame`` is the fail-closed fallback when detection fails.
+A masker replaces each region in place. Blur keeps no more detail than
+``blocks`` samples across a region before smoothing, so no deblurring can
+bring a face or a plate back; pixelate shows those samples as blocks; solid
+fills. ``Masking`` picks each class's masker (``mask.by_class``, else the
+section's own style). ``mask_whole_frame`` is the fail-closed fallback when
+detection fails. Boxes arrive already grown by their detector's
+``mask_scale``: what is masked is exactly the boxes given.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from abc import ABC, abstractmethod
 import cv2
 import numpy as np
 
-from anonstream.config import MaskConfig
-from anonstream.workers.detections import Detections
+from anonstream.config import MaskConfig, MaskStyle
+from anonstream.stream.detections import Detections
 
 WHOLE_FRAME_BLOCKS = 8  # samples across the longest side when a whole frame must be hidden: no more than a face keeps
 
@@ -27,22 +30,21 @@ def _downsampled(region: np.ndarray, blocks: int) -> np.ndarray:
 
 
 class Masker(ABC):
-    """Replaces every detected region of an image, in place."""
+    """Replaces every given region of an image, in place, in one style."""
 
-    def __init__(self, config: MaskConfig) -> None:
-        self.config = config
+    def __init__(self, style: MaskStyle) -> None:
+        self.style = style
 
     @abstractmethod
     def fill(self, region: np.ndarray) -> np.ndarray:
         """The replacement for one region, same shape and dtype."""
 
-    def apply(self, image: np.ndarray, detections: Detections) -> None:
-        height, width = image.shape[:2]
-        grown = detections.scaled(self.config.scale)
-        for x1, y1, x2, y2 in grown.pixel_boxes(width, height).tolist():
+    def apply(self, image: np.ndarray, boxes: np.ndarray) -> None:
+        """Mask each of ``boxes``, integer x1, y1, x2, y2 already clipped to the image (``Detections.pixel_boxes``)."""
+        for x1, y1, x2, y2 in boxes.tolist():
             region = image[y1:y2, x1:x2]
             replacement = self.fill(region)
-            if self.config.shape == "box":
+            if self.style.shape == "box":
                 region[...] = replacement
                 continue
             h, w = region.shape[0], region.shape[1]
@@ -54,23 +56,23 @@ class Masker(ABC):
 class BlurMasker(Masker):
     def fill(self, region: np.ndarray) -> np.ndarray:
         height, width = region.shape[:2]
-        coarse = cv2.resize(_downsampled(region, self.config.blocks), (width, height), interpolation=cv2.INTER_LINEAR)
-        kernel = max(3, (max(height, width) // self.config.blocks) | 1)
+        coarse = cv2.resize(_downsampled(region, self.style.blocks), (width, height), interpolation=cv2.INTER_LINEAR)
+        kernel = max(3, (max(height, width) // self.style.blocks) | 1)
         return cv2.blur(coarse, (kernel, kernel)).reshape(region.shape)
 
 
 class PixelateMasker(Masker):
     def fill(self, region: np.ndarray) -> np.ndarray:
         height, width = region.shape[:2]
-        small = _downsampled(region, self.config.blocks)
+        small = _downsampled(region, self.style.blocks)
         return cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST).reshape(region.shape)
 
 
 class SolidMasker(Masker):
     def fill(self, region: np.ndarray) -> np.ndarray:
         channels = region.shape[2] if region.ndim == 3 else 1
-        colour = list(self.config.color) + [255] * max(0, channels - 3)
-        value = np.asarray(colour[:channels] if channels > 1 else [sum(self.config.color) // 3])
+        colour = list(self.style.color) + [255] * max(0, channels - 3)
+        value = np.asarray(colour[:channels] if channels > 1 else [sum(self.style.color) // 3])
         if region.dtype == np.uint16:
             value = value * 257
         elif region.dtype.kind == "f":
@@ -81,8 +83,22 @@ class SolidMasker(Masker):
 MASKERS: dict[str, type[Masker]] = {"blur": BlurMasker, "pixelate": PixelateMasker, "solid": SolidMasker}
 
 
-def make_masker(config: MaskConfig) -> Masker:
-    return MASKERS[config.mode](config)
+def make_masker(style: MaskStyle) -> Masker:
+    return MASKERS[style.mode](style)
+
+
+class Masking:
+    """Masks every detection in an image, each class in its own style."""
+
+    def __init__(self, config: MaskConfig) -> None:
+        self.default = make_masker(config)
+        self.by_class = {label: make_masker(style) for label, style in config.by_class.items()}
+
+    def apply(self, image: np.ndarray, detections: Detections) -> None:
+        height, width = image.shape[:2]
+        for label in detections.classes():
+            masker = self.by_class.get(label, self.default)
+            masker.apply(image, detections[detections.labels == label].pixel_boxes(width, height))
 
 
 def mask_whole_frame(image: np.ndarray) -> np.ndarray:

