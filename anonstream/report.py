@@ -85,7 +85,7 @@ def render_models(console: Console, rows: list[ModelInfo]) -> None:
         table.add_column(style="bold")
         table.add_column(overflow="fold")
         state = "on" if row.active else "off (not in `detect`)"
-        table.add_row("detector", f"{row.detector} ({row.family}), {state}")
+        table.add_row("detector", f"{row.detector}, family {row.family}, {state}")
         table.add_row("classes", ", ".join(row.classes))
         table.add_row("file", row.file)
         if row.sha256:

@@ -110,7 +110,7 @@ class _DetectorSection(_Section):
     _pair = field_validator("mask_scale", mode="before")(_scale_pair)
     _stills = field_validator("stills")(_still_views)
 
-    @field_validator("mask_scale")
+    @field_validator("mask_scale", "text_to_plate", check_fields=False)
     @classmethod
     def _growth(cls, value: Scale) -> Scale:
         if not all(1.0 <= v <= 4.0 for v in value):
@@ -138,6 +138,8 @@ class CenterFaceConfig(_DetectorSection):
 class PlatesConfig(_DetectorSection):
     """Licence plates: PP-OCR's text detector (rapidocr package) and a plate-shape cue."""
 
+    _text_pair = field_validator("text_to_plate", mode="before")(_scale_pair)
+
     family: Literal["plates"] = "plates"
     text: bool = True
     contrast: bool = True
@@ -149,9 +151,15 @@ class PlatesConfig(_DetectorSection):
     max_aspect: float = Field(default=0.0, ge=0)
     max_height: float = Field(default=0.15, gt=0, le=1)
     max_width: float = Field(default=0.4, gt=0, le=1)
-    mask_scale: Scale = (1.3, 1.6)
+    text_to_plate: Scale = (1.3, 1.6)
     stills: Views = Views(max_side=1280)
     video: Views = Views(whole=False, tile_scale=1.0, tile_size=256, tiles=1)
+
+    @model_validator(mode="after")
+    def _a_cue(self) -> PlatesConfig:
+        if not self.text and self.shapes == "never":
+            raise ValueError('with text = false and shapes = "never" the plates detector looks for nothing')
+        return self
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -360,6 +368,21 @@ class Settings(_Section):
                         f"{where}.by_class: unknown class {label!r}; the configured detectors find {', '.join(known)}"
                     )
         return self
+
+    @property
+    def mask_scales(self) -> dict[str, Scale]:
+        """Each class's mask growth: the largest ``mask_scale`` of the running detectors that find it.
+
+        Boxes travel as the detectors found them, so that the tracker follows
+        faces and plates, not margins; the worker and the record stage grow
+        them by these when they mask.
+        """
+        scales: dict[str, Scale] = {}
+        for section in self.active_detectors.values():
+            for label in section.classes:
+                old = scales.get(label, (1.0, 1.0))
+                scales[label] = (max(old[0], section.mask_scale[0]), max(old[1], section.mask_scale[1]))
+        return scales
 
     @property
     def active_detectors(self) -> dict[str, AnyDetector]:

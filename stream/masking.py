@@ -5,8 +5,8 @@ A masker replaces each region in place. Blur keeps no more detail than
 bring a face or a plate back; pixelate shows those samples as blocks; solid
 fills. ``Masking`` picks each class's masker (``mask.by_class``, else the
 section's own style). ``mask_whole_frame`` is the fail-closed fallback when
-detection fails. Boxes arrive already grown by their detector's
-``mask_scale``: what is masked is exactly the boxes given.
+detection fails. Boxes arrive as the detectors found them; ``Masking``
+grows each class's by its scale (``Settings.mask_scales``) before masking.
 """
 
 from __future__ import annotations
@@ -88,17 +88,19 @@ def make_masker(style: MaskStyle) -> Masker:
 
 
 class Masking:
-    """Masks every detection in an image, each class in its own style."""
+    """Masks every detection in an image, each class grown by its scale and in its own style."""
 
-    def __init__(self, config: MaskConfig) -> None:
+    def __init__(self, config: MaskConfig, scales: dict[str, tuple[float, float]] | None = None) -> None:
         self.default = make_masker(config)
         self.by_class = {label: make_masker(style) for label, style in config.by_class.items()}
+        self.scales = scales or {}
 
     def apply(self, image: np.ndarray, detections: Detections) -> None:
         height, width = image.shape[:2]
         for label in detections.classes():
             masker = self.by_class.get(label, self.default)
-            masker.apply(image, detections[detections.labels == label].pixel_boxes(width, height))
+            grown = detections[detections.labels == label].scaled(self.scales.get(label, (1.0, 1.0)))
+            masker.apply(image, grown.pixel_boxes(width, height))
 
 
 def mask_whole_frame(image: np.ndarray) -> np.ndarray:

@@ -165,7 +165,7 @@ class _Hold:
     masking: Masking = field(init=False)
 
     def __post_init__(self) -> None:
-        self.masking = Masking(self.settings.mask)
+        self.masking = Masking(self.settings.mask, self.settings.mask_scales)
 
     def __call__(self, message: FrameMessage) -> tuple[FrameMessage, Detections]:
         """The frame with held masks added, and those boxes (the header's boxes stay the detected ones)."""

@@ -113,13 +113,13 @@ def constant_model(path: Path, output: np.ndarray, input_hw: tuple[int | str, in
 def face_detector(
     stills: dict[str, Any] | None = None, video: dict[str, Any] | None = None, batch_size: int = 1, **fields: Any
 ) -> CenterFace:
-    """CenterFace on the CPU with one thread, boxes as detected (mask_scale 1) unless ``fields`` say otherwise.
+    """CenterFace on the CPU with one thread, configured by ``fields``.
 
     ``stills`` and ``video`` change keys of those views, e.g. ``video={"max_side": 0}``.
     """
     defaults = CenterFaceConfig()
     config = CenterFaceConfig(
-        **({"mask_scale": 1.0} | fields),
+        **fields,
         stills=Views.model_validate(defaults.stills.model_dump() | (stills or {})),
         video=Views.model_validate(defaults.video.model_dump() | (video or {})),
     )

@@ -71,6 +71,7 @@ def test_file_then_overrides(tmp_path: Path) -> None:
         ),
         ("[tracker.by_class.car]\nhold_frames = 3\n", "tracker.by_class: unknown class 'car'"),
         ("[detectors.plates.stills]\ntiles = 2\n", "stills are looked at once"),
+        ('[detectors.plates]\ntext = false\nshapes = "never"\n', "the plates detector looks for nothing"),
         ("[mask]\ncolor = [0, 0, 300]\n", "0..255"),
         ("[detector\n", "not valid TOML"),
     ],
@@ -140,6 +141,18 @@ def test_a_model_of_your_own_is_a_section_named_in_detect(tmp_path: Path) -> Non
     assert list(settings.active_detectors) == ["faces", "mine"]
     assert settings.detectors["mine"].classes == ("plate", "head")
     assert settings.mask.style("head").mode == "solid" and settings.mask.style("plate").mode == "blur"
+
+
+def test_each_class_is_masked_at_the_largest_scale_of_the_detectors_that_find_it() -> None:
+    settings = load_settings(
+        None,
+        [
+            {"detectors": {"mine": {"family": "yolo", "model": "m.onnx", "labels": ["face"], "mask_scale": 1.1}}},
+            {"detect": ["faces", "plates", "mine"]},
+        ],
+    )
+    assert settings.mask_scales == {"face": (1.3, 1.3), "plate": (1.0, 1.0)}
+    assert load_settings(None, [{"detect": ["plates"]}]).mask_scales == {"plate": (1.0, 1.0)}
 
 
 def test_the_default_detects_faces_and_plates() -> None:

@@ -83,6 +83,14 @@ def test_mask_scale_grows_the_box_around_its_centre_each_way() -> None:
     assert grown.boxes.tolist() == [[35, 20, 65, 80]]
 
 
+def test_each_class_is_grown_by_its_own_scale_before_masking() -> None:
+    image = np.full((100, 200, 3), 200, np.uint8)
+    found = Detections.concat([dets((40, 40, 60, 60), label="face"), dets((140, 40, 160, 60), label="plate")])
+    Masking(MaskConfig(mode="solid"), {"face": (2.0, 2.0), "plate": (1.0, 1.5)}).apply(image, found)
+    assert (image[30:70, 30:70] == 0).all() and image[29, 50].max() > 0  # the face: twice its size
+    assert (image[35:65, 140:160] == 0).all() and image[50, 138].max() > 0  # the plate: 1.5 times as high only
+
+
 def test_each_class_is_masked_in_its_own_style_and_the_rest_in_the_default() -> None:
     image = np.full((60, 120, 3), 200, np.uint8)
     image[::2] = 50  # stripes, so that a blur visibly changes them

@@ -52,13 +52,13 @@ def test_v5_layout_scores_are_objectness_times_class(tmp_path: Path) -> None:
     output[0, 0] = [320, 320, 64, 32, 0.9, 0.1, 0.9]  # 0.81: a plate
     output[0, 1] = [100, 100, 10, 10, 0.3, 0.9, 0.1]  # 0.27: a face, above 0.25
     output[0, 2] = [200, 200, 10, 10, 0.2, 0.9, 0.0]  # 0.18: below
-    detector = yolo(constant_model(tmp_path / "v5.onnx", output), ["face", "plate"], mask_scale=[1.5, 2.0])
+    detector = yolo(constant_model(tmp_path / "v5.onnx", output), ["face", "plate"])
     assert detector.layout == "v5"
     found = detector.detect(np.zeros((640, 640, 3), np.uint8))
     assert found.counts() == {"face": 1, "plate": 1}
     np.testing.assert_allclose(found.scores, [0.27, 0.81], rtol=1e-5)
     plate = found.boxes[found.labels == "plate"][0]
-    np.testing.assert_allclose(plate, [272, 288, 368, 352])  # 64x32 grown 1.5 wide and 2 high around (320, 320)
+    np.testing.assert_allclose(plate, [288, 304, 352, 336])  # 64x32 around (320, 320): as found, grown only to mask
 
 
 def test_a_model_with_a_free_input_size_sees_each_view_at_its_own_size(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ class PackagedModel:
     upstream: str
     evidence: str  # where the licence is stated
     reviewed_sha256: str
+    evidence_file: str = ""  # that statement's file name in the installed distribution, if it is one
 
 
 CENTERFACE = PackagedModel(
@@ -41,8 +42,9 @@ PP_OCR_TEXT = PackagedModel(
     file="rapidocr/models/PP-OCRv6_det_small.onnx",
     licence="Apache-2.0",
     upstream="PaddleOCR PP-OCRv6_small_det (Baidu / PaddleOCR authors), converted to ONNX by RapidOCR",
-    evidence="rapidocr's dist-info licenses/MODEL_LICENSES.md, section 6",
+    evidence="rapidocr's MODEL_LICENSES.md, section 6, which gives this sha256",
     reviewed_sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+    evidence_file="MODEL_LICENSES.md",
 )
 
 
@@ -118,65 +120,71 @@ def _inputs(config: AnyDetector) -> str:
     return "; ".join(parts)
 
 
+def _stated_in(model: PackagedModel, dist: importlib.metadata.Distribution) -> str:
+    """Where the licence is stated, with the path of that file in the installed package where there is one."""
+    files = [dist.locate_file(f) for f in dist.files or [] if model.evidence_file and f.name == model.evidence_file]
+    return f"{model.evidence}: {files[0]}" if files else model.evidence
+
+
+def _row(name: str, config: AnyDetector, settings: Settings, **fields: str) -> ModelInfo:
+    """One line of ``anonstream models`` for a detector section; ``fields`` give the rest (and may override)."""
+    common = {"detector": name, "family": config.family, "inputs": _inputs(config), "note": ""}
+    return ModelInfo(classes=config.classes, active=name in settings.detect, **(common | fields))
+
+
 def catalogue(settings: Settings) -> list[ModelInfo]:
-    """Every model the configured detectors use, active or not; ModelError if a file is missing."""
+    """Every model the configured detectors use, active or not; ModelError if a packaged file is missing."""
     rows = []
     for name, config in settings.detectors.items():
-        active = name in settings.detect
-        inputs = _inputs(config)
         packaged = packaged_model(config)
         if packaged is not None:
             path = packaged_path(packaged)
             digest = sha256(path)
-            version = importlib.metadata.version(packaged.package)
-            note = "" if digest == packaged.reviewed_sha256 else "differs from the file whose licence was reviewed"
+            dist = importlib.metadata.distribution(packaged.package)
+            reviewed = digest == packaged.reviewed_sha256
             rows.append(
-                ModelInfo(
+                _row(
                     name,
-                    config.family,
-                    config.classes,
-                    active,
-                    str(path),
-                    digest,
-                    f"{packaged.package} {version}",
-                    packaged.licence,
-                    packaged.upstream,
-                    packaged.evidence,
-                    inputs,
-                    note,
+                    config,
+                    settings,
+                    file=str(path),
+                    sha256=digest,
+                    package=f"{packaged.package} {dist.version}",
+                    licence=packaged.licence,
+                    upstream=packaged.upstream,
+                    evidence=_stated_in(packaged, dist),
+                    note="" if reviewed else "differs from the file whose licence was reviewed",
                 )
             )
         elif config.model is not None:
-            digest = sha256(config.model) if config.model.is_file() else "(file missing)"
             rows.append(
-                ModelInfo(
+                _row(
                     name,
-                    config.family,
-                    config.classes,
-                    active,
-                    str(config.model),
-                    digest,
-                    "",
-                    "yours to establish",
-                    "your own file",
-                    "",
-                    inputs,
+                    config,
+                    settings,
+                    file=str(config.model),
+                    sha256=sha256(config.model) if config.model.is_file() else "(file missing)",
+                    package="",
+                    licence="yours to establish",
+                    upstream="your own file",
+                    evidence="",
                 )
             )
         if isinstance(config, PlatesConfig) and config.shapes != "never":
+            where = "video frames" if config.shapes == "video" else "stills and video"
             rows.append(
-                ModelInfo(
+                _row(
                     name,
-                    "plates (shape cue)",
-                    config.classes,
-                    active,
-                    "(no weights: image processing in anonstream)",
-                    "",
-                    f"anonstream {importlib.metadata.version('anonstream')}",
-                    "anonstream's own",
-                    "anonstream",
-                    "",
-                    f"{'video frames' if config.shapes == 'video' else 'stills and video'}: whole, native resolution",
+                    config,
+                    settings,
+                    family="plates (shape cue)",
+                    inputs=f"{where}: whole, native resolution",
+                    file="(no weights: image processing in anonstream)",
+                    sha256="",
+                    package=f"anonstream {importlib.metadata.version('anonstream')}",
+                    licence="anonstream's own",
+                    upstream="anonstream",
+                    evidence="",
                 )
             )
     return rows

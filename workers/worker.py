@@ -258,7 +258,7 @@ class WorkerStage:
         cfg = self.settings
         threads = self.threads or cfg.runtime.threads or max(1, (os.cpu_count() or 1) // cfg.worker.count)
         cv2.setNumThreads(threads)  # resizing and masking share the worker's share of the cores
-        anonymizer = Anonymizer(make_detectors(cfg, threads), Masking(cfg.mask))
+        anonymizer = Anonymizer(make_detectors(cfg, threads), Masking(cfg.mask, cfg.mask_scales))
         hwm, linger = cfg.transport.frame_hwm, cfg.transport.linger_ms
         accept = (FrameMessage, EndOfStream)
         with FrameReceiver(hwm, linger, accept) as receiver, FrameSender(hwm, linger) as sender:

@@ -67,7 +67,7 @@ class Detector(ABC):
 
     @property
     def batch_size(self) -> int:
-        """Images per inference: ``runtime.batch_size``, else 1 on the CPU and GPU_BATCH on a GPU."""
+        """Images per inference (1 for a detector without a model)."""
         return 1
 
     @property
@@ -81,7 +81,7 @@ class Detector(ABC):
 
     @abstractmethod
     def infer(self, prepared: Prepared) -> list[Detections]:
-        """Each frame's boxes, in frame pixels, already grown by ``mask_scale``."""
+        """Each frame's boxes, in frame pixels: the faces and plates found, not yet grown for masking."""
 
     def detect(self, image: np.ndarray, still: bool = False, seq: int = 0) -> Detections:
         """One frame at once: for tests and benchmarks."""
@@ -91,11 +91,8 @@ class Detector(ABC):
         return self.infer(self.prepare(frames))
 
     def finish(self, found: list[list[Detections]]) -> list[Detections]:
-        """Per frame, the boxes of every view merged into one per object, grown to the region masked."""
-        return [
-            merge(views, self.config.nms_iou).scaled(self.config.mask_scale) if views else Detections.empty()
-            for views in found
-        ]
+        """Per frame, the boxes of every view merged into one per object."""
+        return [merge(views, self.config.nms_iou) if views else Detections.empty() for views in found]
 
 
 def _shapes(args: list[ort.NodeArg]) -> str:

@@ -17,7 +17,7 @@ in its own session and does the pre- and post-processing itself:
   banner is (on WIDER FACE's parades this halves the text masked outside
   faces, for 1 % of plates_us's plates).
 
-Each text box is grown by ``mask_scale`` to the plate around it.
+Each text box is grown by ``text_to_plate`` to the plate around it.
 
 The shape cue (``shapes``, plate_shapes.py) finds what the text detector
 misses on soft, dark or oblique video: a plate's own bright quadrilateral,
@@ -40,7 +40,7 @@ from anonstream.stream.detections import Detections
 from anonstream.stream.wire import to_bgr8
 from anonstream.workers.detectors.base import Detector, OnnxModel, Prepared
 from anonstream.workers.detectors.plate_shapes import plate_shapes
-from anonstream.workers.detectors.views import Frame, View, merge
+from anonstream.workers.detectors.views import Frame, View
 from anonstream.workers.models import model_path
 from anonstream.workers.runtime import read_model
 
@@ -130,8 +130,7 @@ class Plates(Detector):
 
     def infer(self, prepared: Prepared) -> list[Detections]:
         """Text boxes (grown to their plates) and plate shapes, one box per plate."""
-        found = self.model.infer(prepared, self._decode) if self.model is not None else prepared.found
-        return [merge(boxes, self.config.nms_iou) for boxes in found]
+        return self.finish(self.model.infer(prepared, self._decode) if self.model is not None else prepared.found)
 
     def _decode(self, outputs: list[np.ndarray], views: list[View]) -> list[Detections]:
         probability = outputs[0]
@@ -154,5 +153,5 @@ class Plates(Detector):
                 keep &= aspect >= cfg.min_aspect
             if cfg.max_aspect:
                 keep &= aspect <= cfg.max_aspect
-            results.append(Detections.of(LABEL, boxes[keep], scores[keep]).scaled(cfg.mask_scale))
+            results.append(Detections.of(LABEL, boxes[keep], scores[keep]).scaled(cfg.text_to_plate))
         return results
