@@ -233,9 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="anonymize a bundled example clip of a real face",
+        help="anonymize a bundled example clip of a real face and a licence plate",
         description="Make a short clip of scikit-image's astronaut photo moving across "
-        "the frame, anonymize it, and say where input and output are.",
+        "the frame and a rendered licence plate driving below it, anonymize it, and say where "
+        "input and output are.",
     )
     demo.add_argument(
         "--out",
@@ -419,7 +420,7 @@ def _demo(args: argparse.Namespace, overrides: list[dict[str, Any]], console: Co
 
     from anonstream.demo import AstronautClip
 
-    clip = AstronautClip(frames=90)
+    clip = AstronautClip(frames=90, plate=True)
     try:
         source = clip.write(args.out / "astronaut.mp4")
     except (OSError, av.FFmpegError) as exc:

@@ -1,11 +1,13 @@
 """Frames of an anonymized video, to look at: what a user sees, not a figure.
 
-    python benchmarks/frames.py VIDEO --frames 2,10,18 [--width 960] [--out docs] [--set KEY=VALUE ...]
+    python benchmarks/frames.py VIDEO --frames 2,10,18 [--crop X1,Y1,X2,Y2] [--width 960] [--out docs]
+                                [--set KEY=VALUE ...]
 
 Runs `anonstream run --source VIDEO` as a user would (default configuration,
 plus any --set), with --metrics-jsonl, then writes the chosen frames of the
-output, scaled to --width, as JPEG files OUT/<video>-<frame>.jpg, and prints
-what was masked in each (detected and held, by class). The default video is
+output (or the --crop region of them, in source pixels), scaled to --width,
+as JPEG files OUT/<video>-<frame>.jpg, and prints what was masked in each
+(detected and held, by class). The default video is
 ../shared/eval/videos/carpark_plates_2560x1920.mp4.
 """
 
@@ -25,6 +27,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("video", type=Path, nargs="?", default=EVAL / "videos" / "carpark_plates_2560x1920.mp4")
     parser.add_argument("--frames", default="2,10,18", help="frame numbers, comma-separated")
+    parser.add_argument("--crop", help="X1,Y1,X2,Y2: only this region of each frame, in source pixels")
     parser.add_argument("--width", type=int, default=960)
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="anonstream config override")
@@ -46,6 +49,9 @@ def main() -> int:
                 if index not in wanted:
                     continue
                 image = frame.to_ndarray(format="bgr24")
+                if args.crop:
+                    x1, y1, x2, y2 = (int(v) for v in args.crop.split(","))
+                    image = image[y1:y2, x1:x2]
                 height = round(image.shape[0] * args.width / image.shape[1])
                 path = args.out / f"{video.stem}-{index}.jpg"
                 cv2.imwrite(str(path), cv2.resize(image, (args.width, height), interpolation=cv2.INTER_AREA))

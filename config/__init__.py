@@ -72,7 +72,7 @@ def parse_assignment(text: str) -> dict[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example --set detector.threshold=0.3")
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example --set detectors.faces.threshold=0.3")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:

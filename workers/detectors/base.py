@@ -176,3 +176,17 @@ class OnnxModel:
                     else in_view
                 )
         return found
+
+
+class OnnxDetector(Detector):
+    """A detector of one ONNX model: it runs where the model runs, in the model's batches."""
+
+    model: OnnxModel
+
+    @property
+    def provider(self) -> str:
+        return self.model.provider
+
+    @property
+    def batch_size(self) -> int:
+        return self.model.batch_size

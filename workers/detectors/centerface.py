@@ -19,7 +19,7 @@ import onnx
 from anonstream.config import CenterFaceConfig, RuntimeConfig
 from anonstream.errors import ModelError
 from anonstream.stream.detections import Detections
-from anonstream.workers.detectors.base import Detector, OnnxModel, Prepared
+from anonstream.workers.detectors.base import OnnxDetector, OnnxModel, Prepared
 from anonstream.workers.detectors.views import Frame, View, nms
 from anonstream.workers.models import model_path
 from anonstream.workers.runtime import read_model
@@ -73,7 +73,7 @@ def _blob(crops: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
     return np.asarray(cv2.dnn.blobFromImages(crops, 1.0, size[::-1], (0, 0, 0), swapRB=True, crop=False))
 
 
-class CenterFace(Detector):
+class CenterFace(OnnxDetector):
     """CenterFace (or a model with the same outputs) in an onnxruntime session."""
 
     config: CenterFaceConfig
@@ -83,14 +83,6 @@ class CenterFace(Detector):
         path = model_path(config)
         assert path is not None
         self.model = OnnxModel(dynamic_shapes(read_model(path), path), path, config, runtime, threads, outputs=3)
-
-    @property
-    def provider(self) -> str:
-        return self.model.provider
-
-    @property
-    def batch_size(self) -> int:
-        return self.model.batch_size
 
     @property
     def description(self) -> str:

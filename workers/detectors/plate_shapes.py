@@ -43,8 +43,8 @@ MIN_LEVEL = 0.85  # its upright box's width / height: a plate is about level (ta
 MIN_RECTANGULAR = 0.8  # hull area / its rotated rectangle's area
 MIN_SOLID = 0.75  # region area / its hull's area
 DARK_SHARE = (0.22, 0.5)  # share of the plate's inside covered by dark strokes
-MIN_RUNS = 4  # dark strokes crossed by a line through the middle (median over such lines)
-RUNS_SHARE = 0.8  # share of those lines crossing at least 3
+MIN_RUNS = 3  # dark strokes crossed by a line through the middle (median over such lines)
+RUNS_SHARE = 0.7  # share of those lines crossing at least MIN_RUNS
 INSIDE = (0.15, 0.85, 0.06, 0.94)  # the part of the upright plate looked at: rows, then columns (no frame)
 KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
@@ -75,7 +75,7 @@ def _has_characters(plate: np.ndarray) -> bool:
     height = dark.shape[0]
     middle = dark[int(height * 0.3) : max(int(height * 0.3) + 1, int(height * 0.7))].astype(np.int8)
     runs = (np.diff(middle, axis=1) == 1).sum(axis=1) + middle[:, 0]
-    return bool(np.median(runs) >= MIN_RUNS and (runs >= 3).mean() >= RUNS_SHARE)
+    return bool(np.median(runs) >= MIN_RUNS and (runs >= MIN_RUNS).mean() >= RUNS_SHARE)
 
 
 def plate_shapes(image: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 from anonstream.config import RuntimeConfig, YoloConfig
 from anonstream.errors import ModelError
 from anonstream.stream.detections import Detections
-from anonstream.workers.detectors.base import Detector, OnnxModel, Prepared
+from anonstream.workers.detectors.base import OnnxDetector, OnnxModel, Prepared
 from anonstream.workers.detectors.views import Frame, View, nms
 from anonstream.workers.runtime import read_model
 
@@ -74,7 +74,7 @@ def decode(output: np.ndarray, layout: str, labels: Sequence[str], threshold: fl
     return Detections.concat(found)
 
 
-class Yolo(Detector):
+class Yolo(OnnxDetector):
     config: YoloConfig
 
     def __init__(self, name: str, config: YoloConfig, runtime: RuntimeConfig, threads: int) -> None:
@@ -85,14 +85,6 @@ class Yolo(Detector):
         self.layout = layout_of(self.model.outputs[0].shape, len(config.labels), config.layout)
         height, width = self.model.input.shape[2:]
         self.fixed = (height, width) if isinstance(height, int) and isinstance(width, int) else None
-
-    @property
-    def provider(self) -> str:
-        return self.model.provider
-
-    @property
-    def batch_size(self) -> int:
-        return self.model.batch_size
 
     @property
     def description(self) -> str:
