@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from anonstream import __version__
-from anonstream.config import PRESETS, Settings, default_config_text, load_settings, parse_assignment
+from anonstream.config import PRESETS, Settings, default_config_text, load_settings, nested, parse_assignment
 from anonstream.errors import AnonstreamError, ConfigError, RecorderError
 from anonstream.process import Channel, Failed, Finished, Stage, name_process, run_stage
 
@@ -262,18 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _nested(key: str, value: Any) -> dict[str, Any]:
-    """``"a.b.c", v`` as ``{"a": {"b": {"c": v}}}``."""
-    head, _, rest = key.partition(".")
-    return {head: _nested(rest, value) if rest else value}
-
-
 def _overrides(args: argparse.Namespace) -> list[dict[str, Any]]:
     overrides: list[dict[str, Any]] = []
     for dest, keys in FLAG_KEYS.items():
         value = getattr(args, dest, None)
         if value is not None:
-            overrides += [_nested(key, str(value) if isinstance(value, Path) else value) for key in keys]
+            overrides += [nested(key, str(value) if isinstance(value, Path) else value) for key in keys]
     if getattr(args, "preset", None):
         overrides.append({"preset": args.preset})
     if getattr(args, "source", None):

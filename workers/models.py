@@ -109,17 +109,6 @@ class ModelInfo:
     note: str = ""
 
 
-def _inputs(config: AnyDetector) -> str:
-    parts = []
-    for kind, views in (("stills", config.stills), ("video", config.video)):
-        seen = [f"whole frame, longest side {views.max_side or 'native'}"] if views.whole else []
-        if views.tile_scale:
-            many = f"{views.tiles} per frame" if views.tiles else "all"
-            seen.append(f"tiles of {views.tile_size} px at {views.tile_scale:g}x ({many})")
-        parts.append(f"{kind}: {' + '.join(seen)}")
-    return "; ".join(parts)
-
-
 def _stated_in(model: PackagedModel, dist: importlib.metadata.Distribution) -> str:
     """Where the licence is stated, with the path of that file in the installed package where there is one."""
     files = [dist.locate_file(f) for f in dist.files or [] if model.evidence_file and f.name == model.evidence_file]
@@ -128,7 +117,7 @@ def _stated_in(model: PackagedModel, dist: importlib.metadata.Distribution) -> s
 
 def _row(name: str, config: AnyDetector, settings: Settings, **fields: str) -> ModelInfo:
     """One line of ``anonstream models`` for a detector section; ``fields`` give the rest (and may override)."""
-    common = {"detector": name, "family": config.family, "inputs": _inputs(config), "note": ""}
+    common = {"detector": name, "family": config.family, "inputs": config.looks_at, "note": ""}
     return ModelInfo(classes=config.classes, active=name in settings.detect, **(common | fields))
 
 

@@ -125,16 +125,9 @@ class OnnxModel:
         self.outputs: list[ort.NodeArg] = self.session.get_outputs()[: outputs or None]
 
     def views_text(self) -> str:
-        """What it looks at, in words, for the log."""
-        parts = []
-        for kind, views in (("stills", self.config.stills), ("video", self.config.video)):
-            seen = [f"whole at {views.max_side or 'native'} px"] if views.whole else []
-            if views.tile_scale:
-                count = f"{views.tiles} per frame" if views.tiles else "all"
-                seen.append(f"{count} tiles of {views.tile_size} px at {views.tile_scale:g}x")
-            parts.append(f"{kind}: {', '.join(seen)}")
+        """What it looks at and on what, in words, for the log."""
         batching = f"batches of up to {self.batch_size}" if self.batch_size > 1 else "no batching"
-        return f"{self.provider.removesuffix('ExecutionProvider')}, {'; '.join(parts)}; {batching}"
+        return f"{self.provider.removesuffix('ExecutionProvider')}, {self.config.looks_at}; {batching}"
 
     def prepare(self, frames: Sequence[Frame], blob: Blob, size: Callable[[View], View] | None = None) -> Prepared:
         """The model inputs for a batch of frames.
