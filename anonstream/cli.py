@@ -3,29 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import logging.handlers
 import multiprocessing
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from anonstream import __version__
 from anonstream.config import PRESETS, Settings, default_config_text, load_settings, nested, parse_assignment
 from anonstream.errors import AnonstreamError, ConfigError, RecorderError
 from anonstream.process import Channel, Failed, Finished, Stage, name_process, run_stage
+from anonstream.stream.wire import MAX_WORKERS
+
+if TYPE_CHECKING:
+    from anonstream.stream.metrics import RunSummary
 
 log = logging.getLogger("anonstream")
 
 EXAMPLES = """\
 examples:
-  anonstream run --source street.mp4 --record out/
+  anonstream run street.mp4 -o street_anonymized.mp4                      # one file in, one file out (audio kept)
+  anonstream run photo.jpg -o photo_anonymized.jpg
+  anonstream run *.mp4 --record out/                                       # each file its own stream: out/<name>.mp4
   anonstream run --source photos/ --record out/ --mask solid --stills
   anonstream run --source webcam.mp4 --record out/ --detect faces          # faster: no plates
   anonstream run --source rtsp://cam.local/1 --source 0 --record out/ --device cuda --workers 4
@@ -67,6 +85,12 @@ def _detector_names(text: str) -> list[str]:
     return names
 
 
+def _worker_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a worker number from 1 to {MAX_WORKERS}")
+    return int(text)
+
+
 def _detector_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("detection and masking")
     g.add_argument(
@@ -106,7 +130,8 @@ def _detector_flags(parser: argparse.ArgumentParser) -> None:
 
 STILLS_HELP = (
     "capture.stills: each image stands alone (photos, not a sequence): all of it is scanned in "
-    "high-resolution tiles, and no tracker state carries from one image to the next"
+    "high-resolution tiles, and no tracker state carries from one image to the next (a single image "
+    "source always is one)"
 )
 
 # flag (argparse dest) -> the config keys it sets
@@ -121,11 +146,15 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "mask_shape": ("mask.shape",),
     "mask_scale": ("detectors.faces.mask_scale",),
     "record": ("record.dir",),
+    "output_file": ("record.output",),
+    "overwrite": ("record.overwrite",),
+    "audio": ("record.audio",),
     "record_format": ("record.format",),
     "metrics_jsonl": ("metrics.jsonl",),
     "realtime": ("capture.realtime",),
     "stills": ("capture.stills",),
     "summary_json": ("metrics.summary_json",),
+    "status_interval": ("metrics.status_interval_s",),
 }
 
 
@@ -144,19 +173,52 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="anonymize sources into recordings, all stages on this machine",
         description="Start capture, detection workers, sequencer and recorders on this "
-        "machine, anonymize every --source into --record, print per-stream metrics.",
+        "machine, anonymize every source into -o FILE (one source) or --record DIR, print per-stream "
+        "metrics. Files and folders lose no frame (exit 1, naming any that a dead worker took with it); "
+        "live sources drop frames rather than fall behind, and say so.",
+    )
+    run.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="SOURCE",
+        help="sources, as with --source: each file (shell globs work), folder, webcam or URL its own stream",
     )
     run.add_argument(
         "--source",
         action="append",
         metavar="SRC",
-        help="video file, image folder, webcam (0, /dev/video0) or rtsp:// URL; repeat for more streams (sources)",
+        help="video file, image, image folder, webcam (0, /dev/video0) or rtsp:// URL; repeat for more streams "
+        "(sources)",
+    )
+    run.add_argument(
+        "-o",
+        "--output",
+        dest="output_file",
+        type=Path,
+        metavar="FILE",
+        help="record.output: the output file of a single source: a video as .mp4 (or .mov, .m4v, .mkv), an "
+        "image in its own format (photo.jpg -o photo_anonymized.jpg)",
     )
     run.add_argument(
         "--record",
         type=Path,
         metavar="DIR",
-        help="record.dir: output folder; a video becomes DIR/<stream>.mp4, a folder DIR/<stream>/",
+        help="record.dir: output folder, for any number of sources: a video becomes DIR/<stream>.mp4, an image "
+        "DIR/<its name>, a folder DIR/<stream>/<the same names>; a name such as out.mp4 is refused (use -o)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="record.overwrite: replace output files that exist (otherwise the run refuses to start)",
+    )
+    run.add_argument(
+        "--no-audio",
+        dest="audio",
+        action="store_false",
+        default=None,
+        help="record.audio = false: leave a video file's audio out (by default it is copied, in sync; live "
+        "sources (RTSP, webcams) are recorded without audio)",
     )
     run.add_argument(
         "--record-format",
@@ -182,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="metrics.summary_json: write the per-stream counts and latency percentiles printed at the end",
+    )
+    run.add_argument(
+        "--status-interval",
+        type=float,
+        metavar="S",
+        help="metrics.status_interval_s: when stderr is not a terminal (systemd, CI, | tee), log a status line "
+        "per stream every S seconds: frames, fps, drops, p99 latency (default 10; 0: never); a terminal shows "
+        "a progress display instead",
     )
     run.add_argument("--stills", action="store_true", default=None, help=STILLS_HELP)
     _detector_flags(run)
@@ -212,7 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker.inputs: a capture endpoint, e.g. tcp://camhost:5555 (repeatable)",
     )
     worker.add_argument("--output", metavar="ENDPOINT", help="worker.output, e.g. tcp://recorder:5600")
-    worker.add_argument("--number", type=int, default=1, help="number shown in the process title")
+    worker.add_argument(
+        "--number",
+        type=_worker_number,
+        default=1,
+        metavar="N",
+        help=f"this worker's number, 1-{MAX_WORKERS}, unique among the workers of one record process: its "
+        "process title, and its idle notices",
+    )
     _detector_flags(worker)
     _config_flags(worker)
 
@@ -225,10 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--bind", metavar="ENDPOINT", help="record.bind, e.g. tcp://*:5600")
     record.add_argument("--record", type=Path, metavar="DIR", help="record.dir: output folder")
     record.add_argument("--record-format", choices=["auto", "mp4", "images", "null"], help="record.format")
+    record.add_argument("--overwrite", action="store_true", default=None, help="record.overwrite")
     record.add_argument(
         "--expect", action="append", default=[], metavar="STREAM", help="exit once this stream has ended (repeatable)"
     )
     record.add_argument("--metrics-jsonl", type=Path, metavar="FILE", help="metrics.jsonl")
+    record.add_argument("--status-interval", type=float, metavar="S", help="metrics.status_interval_s")
     _config_flags(record)
 
     demo = sub.add_parser(
@@ -270,8 +349,9 @@ def _overrides(args: argparse.Namespace) -> list[dict[str, Any]]:
             overrides += [nested(key, str(value) if isinstance(value, Path) else value) for key in keys]
     if getattr(args, "preset", None):
         overrides.append({"preset": args.preset})
-    if getattr(args, "source", None):
-        overrides.append({"sources": [{"uri": uri} for uri in args.source]})
+    uris = [*(getattr(args, "inputs", None) or []), *(getattr(args, "source", None) or [])]
+    if uris:
+        overrides.append({"sources": [{"uri": uri} for uri in uris]})
     if getattr(args, "bind", None):
         section = "capture" if args.command == "capture" else "record"
         overrides.append({section: {"bind": args.bind}})
@@ -312,20 +392,28 @@ def _on_stop_signals(callback: Any) -> None:
 
 def _preflight(settings: Settings) -> None:
     """Catch what a user can get wrong before any process starts."""
-    from anonstream.stream.recorders import ensure_output_dir
+    from anonstream.stream.recorders import ensure_output_dir, existing_outputs, plan_outputs
     from anonstream.stream.sources import classify, open_source, stream_ids
     from anonstream.workers.models import model_path
 
+    record = settings.record
     if not settings.sources:
-        raise ConfigError("no source given: add --source FILE|FOLDER|WEBCAM|URL")
+        raise ConfigError("no source given: name a video, image, folder, webcam or URL (see --help)")
     ids = stream_ids(settings.sources)
     for spec, sid in zip(settings.sources, ids, strict=True):
-        if classify(spec.uri) in ("file", "folder"):
+        if classify(spec.uri) != "network":  # a camera that is not up yet may come: network streams are retried
             open_source(spec, sid, settings.capture).close()
-    if settings.record.dir is None and settings.record.format != "null":
-        raise ConfigError("no output given: add --record DIR (or --record-format null to discard)")
-    if settings.record.dir is not None:
-        ensure_output_dir(settings.record.dir)
+    if record.dir is None and record.output is None and record.format != "null":
+        raise ConfigError(
+            "no output given: add -o FILE (one source) or --record DIR (or --record-format null to discard)"
+        )
+    outputs = plan_outputs(settings.sources, record)
+    for folder in (record.dir, record.output.parent if record.output else None):
+        if folder is not None:
+            ensure_output_dir(folder)
+    if not record.overwrite and (existing := existing_outputs(settings.sources, outputs, settings.capture)):
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise ConfigError(f"{existing[0]}{more} already exist(s): add --overwrite to replace, or write elsewhere")
     for name, detector in settings.active_detectors.items():
         model = model_path(detector)
         if model is not None and not model.is_file():
@@ -338,13 +426,52 @@ def _preflight(settings: Settings) -> None:
             raise ConfigError(f"{flag} {target}: give a file name in an existing folder")
 
 
+class _Rate(ProgressColumn):
+    """Frames per second over the last half minute."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.1f} fps" if task.speed is not None else "", style="progress.data.speed")
+
+
+def _progress(console: Console, disable: bool) -> Progress:
+    """Per stream and for the whole run: frames done (recorded, dropped or lost), rate, elapsed and remaining time."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=disable,
+        speed_estimate_period=30,
+    )
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done: an import interrupted halfway (onnxruntime's turns
+    the interruption into an ImportError) would end with a traceback instead of exit status 130."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool) -> int:
-    from anonstream.orchestrator import Pipeline
+    with _signals_held():
+        from anonstream.orchestrator import Pipeline
     from anonstream.report import render
-    from anonstream.stream.sources import classify, stream_ids
+    from anonstream.stream.sources import lossless, stream_ids
 
     _preflight(settings)
-    lossless = not settings.capture.realtime and all(classify(s.uri) in ("file", "folder") for s in settings.sources)
+    all_lossless = all(lossless(s.uri, settings.capture) for s in settings.sources)
+    display = console.is_terminal and not quiet
+    if display:  # the progress display shows what the status lines would
+        settings = settings.model_copy(update={"metrics": settings.metrics.model_copy(update={"status_interval_s": 0})})
     ctx = multiprocessing.get_context("spawn")
     log_queue: Any = ctx.Queue()
     listener = logging.handlers.QueueListener(log_queue, *logging.getLogger().handlers, respect_handler_level=True)
@@ -353,42 +480,72 @@ def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool)
     _on_stop_signals(pipeline.request_stop)
     ids = stream_ids(settings.sources)
     try:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=quiet,
-        ) as bar:
+        with _progress(console, disable=not display) as bar:
             tasks = [bar.add_task(sid, total=None) for sid in ids]
+            whole = bar.add_task("all", total=None, visible=len(ids) > 1)
 
             def show(counts: list[int], totals: list[int | None]) -> None:
                 for task, count, total in zip(tasks, counts, totals, strict=True):
                     bar.update(task, completed=count, total=total)
+                known = None if None in totals else sum(t or 0 for t in totals)
+                bar.update(whole, completed=sum(counts), total=known)
 
             result = pipeline.run(show)
     finally:
         listener.stop()
     out = _stdout_console()
-    render(out, result.summary, result.reports, result.worker_restarts)
+    never = _never_connected(settings, result.summary)
+    render(out, result.summary, result.reports, result.worker_restarts, frozenset(never))
     if result.summary is not None and settings.metrics.summary_json is not None:
         result.summary.write_json(settings.metrics.summary_json, result.workers, result.worker_counts)
-    if lossless:
+    if all_lossless:
         out.print(
             "Files are read as fast as the workers take them, so queue time above is back-pressure, not "
             "live latency; --realtime paces them like a camera.",
             style="dim",
         )
-    for failure in result.failures:
-        console.print(f"[red]{failure.title}: {failure.message}[/red]", highlight=False, soft_wrap=True)
+    incomplete = _incomplete_files(settings, result.summary) if result.summary is not None else []
+    lines = incomplete + [f"{sid}: never connected to {uri}" for sid, uri in never.items()]
+    lines += [f"{failure.title}: {failure.message}" for failure in result.failures]  # last: why it stopped
+    for line in lines:
+        console.print(f"[red]{line}[/red]", highlight=False, soft_wrap=True)
     if result.interrupted:
         log.info("stopped on request; what was recorded until then is complete and playable")
     if result.summary is None:
         return 1
     refused = any(s.refused for s in result.summary.streams)
-    return 1 if refused or result.failures else 0
+    return 1 if refused or result.failures or incomplete or never else 0
+
+
+def _never_connected(settings: Settings, summary: RunSummary | None) -> dict[str, str]:
+    """Network streams that delivered no frame in the whole run, by id, with their (redacted) URL."""
+    from anonstream.stream.sources import classify, redact, stream_ids
+
+    seen = {s.stream: s.frames_in for s in summary.streams} if summary is not None else {}
+    return {
+        sid: redact(spec.uri)
+        for spec, sid in zip(settings.sources, stream_ids(settings.sources), strict=True)
+        if classify(spec.uri) == "network" and not seen.get(sid)
+    }
+
+
+def _incomplete_files(settings: Settings, summary: RunSummary) -> list[str]:
+    """One line per file or folder that lost frames (a worker died holding them), naming what is missing."""
+    from anonstream.report import lost_frames
+    from anonstream.stream.sources import FolderSource, classify, lossless, stream_ids
+
+    lines = []
+    by_stream = {s.stream: s for s in summary.streams}
+    for spec, sid in zip(settings.sources, stream_ids(settings.sources), strict=True):
+        stream = by_stream.get(sid)
+        if stream is None or not stream.lost or not lossless(spec.uri, settings.capture):
+            continue
+        names = None
+        if classify(spec.uri) == "folder" and not stream.skipped:  # then frame k is the folder's k-th image
+            with FolderSource(sid, spec.uri, settings.capture) as folder:
+                names = folder.names
+        lines.append(f"{sid}: {stream.lost} frame(s) lost (a worker died holding them): {lost_frames(stream, names)}")
+    return lines
 
 
 def _run_role(stage: Stage) -> int:
@@ -421,7 +578,8 @@ def _demo(args: argparse.Namespace, overrides: list[dict[str, Any]], console: Co
         raise RecorderError(f"cannot write the example clip into {args.out}: {exc}") from None
     console.print(f"example clip: {source} ({clip.frames} frames, {clip.width}x{clip.height})")
     output = args.out / "anonymized"
-    overrides = [{"sources": [{"uri": str(source)}], "record": {"dir": str(output)}}, *overrides]
+    # the demo's own folder: running it again replaces what it wrote last time
+    overrides = [{"sources": [{"uri": str(source)}], "record": {"dir": str(output), "overwrite": True}}, *overrides]
     settings = load_settings(args.config, overrides)
     code = _run_pipeline(settings, console, level, args.quiet)
     console.print(f"anonymized: {output / 'astronaut.mp4'}")

@@ -4,8 +4,11 @@ Start order is downstream first (record, workers, captures) so that no frame
 is ever sent before something can anonymize and keep it. Stop order is the
 reverse: captures stop and send end-of-stream, the record process drains
 what is in flight and finalizes its files, then workers and record are
-stopped. A watchdog restarts dead workers, rate-limited; frames a dead worker
-held are counted lost by the sequencer, never forwarded.
+stopped. A watchdog restarts dead workers, rate-limited, under the same
+number; frames a dead worker held are counted lost by the sequencer, never
+forwarded. Captures and the record process share a ledger (frames sent and
+done per stream), which bounds what a file has in flight and ends a stream
+whose end-of-stream was lost.
 """
 
 from __future__ import annotations
@@ -28,14 +31,15 @@ from anonstream.config import Settings
 from anonstream.errors import StageError
 from anonstream.process import STOP_SIGNALS, Failed, Finished, Ready, Stage, StageEvent, StageProcess
 from anonstream.stream.capture import CaptureStage
+from anonstream.stream.ledger import Ledger
 from anonstream.stream.metrics import RunSummary
 from anonstream.stream.record import RecordStage
-from anonstream.stream.sources import stream_ids
+from anonstream.stream.recorders import plan_outputs
+from anonstream.stream.sources import lossless, stream_ids
 from anonstream.workers.worker import WorkerStage
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
-    from multiprocessing.sharedctypes import SynchronizedArray
 
 log = logging.getLogger(__name__)
 
@@ -155,17 +159,18 @@ class Pipeline:
             time.sleep(TICK_S / 2)
 
     def run(self, on_progress: Progress | None = None) -> PipelineResult:
-        """Run to completion; ``on_progress(recorded, totals)`` is called a few times a second."""
+        """Run to completion; ``on_progress(done, totals)`` is called a few times a second."""
         cfg = self.settings
         ids = stream_ids(cfg.sources)
         rundir = Path(tempfile.mkdtemp(prefix="anonstream-", dir=runtime_base()))
         record_endpoint = f"ipc://{rundir}/record"
         capture_endpoints = tuple(f"ipc://{rundir}/capture-{i}" for i in range(len(ids)))
-        progress = self._ctx.Array("q", len(ids))
+        ledger = Ledger.create(self._ctx, len(ids))
         interrupted = failed = False
         details: list[str] = []
         try:
-            record = self._start(RecordStage(record_endpoint, cfg, tuple(ids), progress))
+            outputs = plan_outputs(cfg.sources, cfg.record)
+            record = self._start(RecordStage(record_endpoint, cfg, tuple(ids), ledger, cfg.worker.count, outputs))
             self._await_ready([record])
             workers = [
                 self._start(WorkerStage(n, capture_endpoints, record_endpoint, cfg))
@@ -174,15 +179,15 @@ class Pipeline:
             details = sorted({r.detail for r in self._await_ready(workers)})
             log.info("%d worker(s) ready: %s", len(workers), "; ".join(details))
             captures = [
-                self._start(CaptureStage(spec, sid, endpoint, cfg))
-                for spec, sid, endpoint in zip(cfg.sources, ids, capture_endpoints, strict=True)
+                self._start(CaptureStage(spec, sid, endpoint, cfg, ledger, slot, cfg.worker.count))
+                for slot, (spec, sid, endpoint) in enumerate(zip(cfg.sources, ids, capture_endpoints, strict=True))
             ]
             started = self._await_ready(captures)
             for ready in started:
                 log.info("%s: %s", ready.title, ready.detail)
             totals = [ready.total for ready in started]
             report = None if on_progress is None else (lambda counts: on_progress(counts, totals))
-            interrupted = self._supervise(record, workers, captures, progress, report)
+            interrupted = self._supervise(record, workers, captures, ledger, report)
         except _StopRequested:
             interrupted = True
         except BaseException:
@@ -222,11 +227,17 @@ class Pipeline:
         record: _Running,
         workers: list[_Running],
         captures: list[_Running],
-        progress: SynchronizedArray[int],
+        ledger: Ledger,
         on_progress: Callable[[list[int]], None] | None,
     ) -> bool:
-        """Watch the stages until the record process is done; True if stopped by request."""
+        """Watch the stages until the record process is done; True if stopped by request.
+
+        Once the captures are gone, what is in flight drains. The record process ends by itself when
+        every stream has; only a live stream's frames, or a capture that died without its count, are
+        waited for at most record.drain_timeout_s: a file's slow frame is waited for as long as it takes.
+        """
         cfg = self.settings
+        live = any(not lossless(spec.uri, cfg.capture) for spec in cfg.sources)
         drain_deadline: float | None = None
         stopping_captures = False
         while True:
@@ -245,8 +256,10 @@ class Pipeline:
                     capture.process.terminate()
             for index, worker in enumerate(workers):
                 if not worker.process.is_alive():
+                    ledger.worker_died()  # before the restart: the record process may now count its frames lost
                     workers[index] = self._restart(worker)
-            if drain_deadline is None and not any(c.process.is_alive() for c in captures):
+            uncounted = any(ledger.sent_total(slot) is None for slot in range(len(captures)))
+            if drain_deadline is None and (live or uncounted) and not any(c.process.is_alive() for c in captures):
                 drain_deadline = time.monotonic() + cfg.record.drain_timeout_s
             if drain_deadline is not None and time.monotonic() > drain_deadline:
                 log.warning(
@@ -255,7 +268,7 @@ class Pipeline:
                 )
                 return self._stop_requests > 0
             if on_progress is not None:
-                on_progress(progress[:])
+                on_progress(ledger.done[:])
             time.sleep(TICK_S)
 
     def _restart(self, worker: _Running) -> _Running:

@@ -28,27 +28,56 @@ def _by_stage(total: int, by: dict[str, int]) -> str:
     return f"{total} ({', '.join(f'{stage} {n}' for stage, n in by.items() if n)})" if total else "0"
 
 
-def render(console: Console, summary: RunSummary | None, reports: list[Finished], worker_restarts: int = 0) -> None:
+def lost_frames(stream: StreamSummary, names: list[str] | None = None) -> str:
+    """ "#12, #40-41", or the images' names where known; "..." when more runs were lost than the summary keeps."""
+    parts = []
+    for first, count in stream.lost_runs:
+        if names is not None and first + count <= len(names):
+            parts += names[first : first + count]
+        else:
+            parts.append(f"#{first}" if count == 1 else f"#{first}-{first + count - 1}")
+    shown = sum(count for _, count in stream.lost_runs)
+    return ", ".join(parts) + (", ..." if shown < stream.lost else "")
+
+
+COLUMNS = (
+    "in",
+    "out",
+    "dropped",
+    "lost",
+    "skipped",
+    "refused",
+    "full mask",
+    "tracker added",
+    "masks",
+    "outages",
+    "fps",
+)
+TRACKER_ADDED = (
+    "tracker added: frames where the tracker kept a mask on something the detectors had found in earlier "
+    "frames but not in that one (turned away, blurred, or missed)"
+)
+
+
+def render(
+    console: Console,
+    summary: RunSummary | None,
+    reports: list[Finished],
+    worker_restarts: int = 0,
+    never_connected: frozenset[str] = frozenset(),
+) -> None:
+    """The end-of-run tables; a live stream in ``never_connected`` gets one line saying so instead of zeros."""
     if summary is None:
         console.print("[red]no summary: the record process did not report[/red]")
         return
     counts = Table(title="frames", title_justify="left", show_edge=False)
     counts.add_column("stream", no_wrap=True)
-    for column in (
-        "in",
-        "out",
-        "dropped",
-        "lost",
-        "skipped",
-        "refused",
-        "full mask",
-        "held",
-        "masks",
-        "outages",
-        "fps",
-    ):
+    for column in COLUMNS:
         counts.add_column(column, justify="right")
     for s in summary.streams:
+        if s.stream in never_connected:
+            counts.add_row(s.stream, "[red]never connected[/red]", *[""] * (len(COLUMNS) - 1))
+            continue
         counts.add_row(
             s.stream,
             str(s.frames_in),
@@ -58,15 +87,18 @@ def render(console: Console, summary: RunSummary | None, reports: list[Finished]
             str(s.skipped),
             str(s.refused),
             str(s.full_masked),
-            str(s.held),
+            str(s.tracker_added),
             ", ".join(f"{label} {count}" for label, count in s.masks.items()) or "0",
             f"{s.outages} ({s.down_s:.1f} s)" if s.outages else "0",
             f"{s.fps:.1f}",
         )
     console.print(counts)
+    if any(s.tracker_added for s in summary.streams):
+        console.print(TRACKER_ADDED, style="dim")
     for s in summary.streams:
-        console.print()
-        console.print(_stream_table(s))
+        if s.stream not in never_connected:
+            console.print()
+            console.print(_stream_table(s))
     extra: dict[str, int] = {}
     for report in reports:
         for key in ("rejected", "full_masked", "unmaskable", "late"):

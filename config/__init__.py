@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from anonstream.config.model import (
     BUILT_IN_DETECTORS,
     DEFAULT_PRESET,
+    GPU_BATCH,
     PRESETS,
     AnyDetector,
     CaptureConfig,
@@ -37,6 +38,7 @@ from anonstream.errors import ConfigError
 
 __all__ = [
     "BUILT_IN_DETECTORS",
+    "GPU_BATCH",
     "PRESETS",
     "AnyDetector",
     "CaptureConfig",

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from anonstream.stream.transport import DEFAULT_FRAME_HWM, DEFAULT_LINGER_MS, DEFAULT_LIVE_DEPTH
-from anonstream.stream.wire import CLASS_NAME, STREAM_ID
+from anonstream.stream.wire import CLASS_NAME, MAX_WORKERS, STREAM_ID
 
 
 class _Section(BaseModel):
@@ -274,7 +274,7 @@ class MaskConfig(MaskStyle):
 
 
 class WorkerConfig(_Section):
-    count: int = Field(default=2, ge=1, le=64)
+    count: int = Field(default=2, ge=1, le=MAX_WORKERS)
     inputs: list[str] = ["tcp://127.0.0.1:5555"]
     output: str = "tcp://127.0.0.1:5600"
     max_restarts: int = Field(default=5, ge=0)
@@ -283,11 +283,15 @@ class WorkerConfig(_Section):
 
 class SequencerConfig(_Section):
     loss_timeout_s: float = Field(default=5.0, gt=0)
-    max_pending: int = Field(default=64, ge=1)
+    max_pending: int = Field(default=0, ge=0)
+    max_pending_mb: int = Field(default=1024, ge=1)
 
 
 class RecordConfig(_Section):
     dir: Path | None = None
+    output: Path | None = None
+    overwrite: bool = False
+    audio: bool = True
     format: Literal["auto", "mp4", "images", "null"] = "auto"
     codec: str = "libx264"
     crf: int = Field(default=20, ge=0, le=51)
@@ -307,6 +311,7 @@ class TransportConfig(_Section):
 class MetricsConfig(_Section):
     jsonl: Path | None = None
     summary_json: Path | None = None
+    status_interval_s: float = Field(default=10.0, ge=0)
 
 
 Preset = Literal["fast", "balanced", "max-privacy"]
@@ -326,6 +331,8 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 DEFAULT_DETECT = ["faces", "plates"]
+# runtime.batch_size "auto" on a GPU (not yet measured); on the CPU (1) batching gains little, then loses
+GPU_BATCH = 8
 
 
 class Settings(_Section):
@@ -395,6 +402,18 @@ class Settings(_Section):
                 old = scales.get(label, (1.0, 1.0))
                 scales[label] = (max(old[0], section.mask_scale[0]), max(old[1], section.mask_scale[1]))
         return scales
+
+    @property
+    def in_flight(self) -> tuple[int, int]:
+        """(frames, bytes) a stream may have between its capture and its recorder, from what can be there.
+
+        Each worker holds up to three batches (queued, prepared ahead, in hand) and a socket's worth on
+        each side; ``sequencer.max_pending`` and ``max_pending_mb`` cap it, and bound both what a
+        capture of a file keeps in flight and what the sequencer holds behind a missing frame.
+        """
+        batch = self.runtime.batch_size or GPU_BATCH  # auto: at most this, on any device
+        frames = self.sequencer.max_pending or self.worker.count * (3 * batch + 2 * self.transport.frame_hwm)
+        return frames, self.sequencer.max_pending_mb * 2**20
 
     @property
     def active_detectors(self) -> dict[str, AnyDetector]:

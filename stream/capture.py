@@ -4,6 +4,9 @@ Files and folders are sent with back-pressure (nothing dropped) unless
 ``realtime`` is set; live sources and ``realtime`` never wait for the
 workers: their frames are flagged LIVE, so that a worker behind drops the
 oldest, and a frame that cannot even be queued is dropped here and counted.
+Under ``anonstream run``, a file's frames in flight also stay within the
+ledger's window (ledger.py), so that a slow frame holds the capture back
+instead of frames piling up behind it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from dataclasses import dataclass
 from anonstream.config import Settings, SourceSpec
 from anonstream.errors import SourceError
 from anonstream.process import Channel, Finished
-from anonstream.stream.sources import SourceInfo, open_source
+from anonstream.stream.ledger import Ledger, Window
+from anonstream.stream.sources import SourceInfo, open_source, redact
 from anonstream.stream.transport import FrameSender
 from anonstream.stream.wire import EndOfStream, Flag, FrameHeader, FrameMessage, Stage, pixel_layout
 
@@ -29,6 +33,9 @@ class CaptureStage:
     stream_id: str
     endpoint: str
     settings: Settings
+    ledger: Ledger | None = None
+    slot: int = 0  # this stream's place in the ledger
+    peers: int = 1  # the workers that will connect (all of them are waited for before a file is read)
     role: str = "capture"
 
     @property
@@ -45,15 +52,21 @@ class CaptureStage:
             info = source.info
             live = info.live or cfg.capture.realtime
             channel.ready(_describe(info, live), info.frames)
-            # Reading a live source before a worker is connected would only drop its first frames.
-            sender.wait_for_peer(stop)
+            # Reading a live source before a worker is connected would only drop its first frames;
+            # a file's frames are dealt to the workers connected at the time, so it waits for all of them.
+            sender.wait_for_peers(stop, 1 if live else self.peers)
             seq = dropped = 0
+            resumed_dropped = False
             reason = "eof"
             started: float | None = None
             first_pts = 0
             failure: SourceError | None = None
             frames = source.frames()
-            flags = (Flag.STILL if cfg.capture.stills else Flag.NONE) | (Flag.LIVE if live else Flag.NONE)
+            window = None
+            if self.ledger is not None and not live:
+                window = Window(self.ledger, self.slot, *cfg.in_flight)
+            still = cfg.capture.stills or info.kind == "image"  # a photo on its own is a still
+            flags = (Flag.STILL if still else Flag.NONE) | (Flag.LIVE if live else Flag.NONE)
             while True:
                 try:
                     frame = next(frames)
@@ -88,22 +101,31 @@ class CaptureStage:
                     pixfmt=pixel_layout(frame.pixels),
                     name=frame.name,
                     dropped=dropped,
-                    flags=flags | Flag.RESUMED if frame.resumed else flags,
+                    flags=flags | Flag.RESUMED if frame.resumed or resumed_dropped else flags,
                 )
                 header.stamp(Stage.CAPTURED, captured)
+                if window is not None and not window.wait(frame.pixels.nbytes, stop):
+                    reason = "stopped"
+                    break
                 header.stamp(Stage.SENT)
                 if sender.send(FrameMessage(header, frame.pixels), stop, block=not live):
+                    if window is not None:
+                        window.sent(seq, frame.pixels.nbytes)
                     seq += 1
+                    resumed_dropped = False
                 elif stop.is_set():
                     reason = "stopped"
                     break
                 else:
                     dropped += 1
+                    resumed_dropped = bool(header.flags & Flag.RESUMED)  # the next frame starts the new segment
             if stop.is_set():
                 reason = "stopped"
             end = EndOfStream(self.stream_id, frames=seq, dropped=dropped, skipped=source.skipped, reason=reason)
             if not sender.send(end, _deadline(round(cfg.capture.linger_s * 1000))):
                 log.warning("%s: end of stream could not be delivered", self.stream_id)
+            if self.ledger is not None:  # the stream ends even if its end of stream goes down with a worker
+                self.ledger.sent[self.slot] = seq
             log.info(
                 "end of stream (%s): %d frames sent, %d dropped, %d undecodable", reason, seq, dropped, source.skipped
             )
@@ -125,4 +147,4 @@ def _describe(info: SourceInfo, live: bool) -> str:
     total = f"{info.frames} frames" if info.frames else "length unknown"
     mode = "live, drops when behind" if live else "lossless"
     rate = "" if info.kind == "network" else f" at {float(info.rate):.2f} fps"  # a stream's is known once connected
-    return f"{info.kind} {info.uri}{rate}, {total}, {mode}"
+    return f"{info.kind} {redact(info.uri)}{rate}, {total}, {mode}"

@@ -35,6 +35,7 @@ INTERVALS: tuple[tuple[str, Stage, Stage], ...] = (
     ("end to end", Stage.CAPTURED, Stage.RECORDED),
 )
 PERCENTILES = (50, 95, 99)
+MAX_LOST_RUNS = 100  # runs of lost frames a summary names; the count covers them all
 
 
 class LatencyHistogram:
@@ -58,6 +59,10 @@ class LatencyHistogram:
         self.counts[min(index, self.BINS - 1)] += 1
         self.count += 1
 
+    def reset(self) -> None:
+        self.counts[:] = 0
+        self.count = 0
+
     def percentiles(self) -> tuple[float, float, float]:
         """p50, p95, p99 in ms: the geometric centre of the bin each falls in."""
         cumulative = np.cumsum(self.counts)
@@ -76,10 +81,12 @@ class StreamSummary:
     dropped: int  # by any stage; a live stream's frames are dropped rather than queued when the workers are behind
     dropped_by: dict[str, int]  # stage -> frames: "capture" (its queue was full), "worker" (a newer frame was waiting)
     lost: int
+    lost_runs: list[tuple[int, int]]  # (first seq, frames) of each run of lost frames, the first MAX_LOST_RUNS
     skipped: int
     refused: int
     full_masked: int
-    held: int  # frames where the tracker added a mask the detector did not find
+    # frames where the tracker masked something the detectors did not find in that frame (held from earlier ones)
+    tracker_added: int
     masks: dict[str, int]  # class -> boxes masked over the run (detected, and held by the tracker)
     outages: int  # times a live source came back after an outage
     down_s: float  # time without frames across those outages
@@ -120,23 +127,37 @@ class StreamMetrics:
     first_captured_ns: int = 0
     last_recorded_ns: int = 0
     lost: int = 0
+    lost_runs: list[tuple[int, int]] = field(default_factory=list)
     refused: int = 0
     full_masked: int = 0
-    held: int = 0
+    tracker_added: int = 0
     masks: Counter[str] = field(default_factory=Counter)
     outages: int = 0
     down_s: float = 0.0
     dropped: int = 0  # by the capture, as far as the frames tell
     dropped_by: Counter[str] = field(default_factory=Counter)  # by later stages, from drop notices
     end: EndOfStream | None = None
+    total: int | None = None  # frames the capture sent, from its end of stream or the ledger
     highest_seq: int = -1
     last_pts: int | None = None
+    recent: LatencyHistogram = field(default_factory=LatencyHistogram)  # end to end since the last status line
+
+    def ended(self, end: EndOfStream | None, frames: int | None) -> None:
+        self.end = end
+        self.total = end.frames if end is not None else frames
+
+    def lose(self, gap: Lost) -> None:
+        self.lost += gap.count
+        if len(self.lost_runs) < MAX_LOST_RUNS:
+            self.lost_runs.append((gap.first_seq, gap.count))
 
     def frame(self, header: FrameHeader, held: Detections) -> None:
         stamps = header.stamps
         for label, start, stop in INTERVALS:
             if stamps[start] and stamps[stop]:
                 self.latency[label].add((stamps[stop] - stamps[start]) / 1e6)
+        if stamps[Stage.CAPTURED] and stamps[Stage.RECORDED]:
+            self.recent.add((stamps[Stage.RECORDED] - stamps[Stage.CAPTURED]) / 1e6)
         self.frames_out += 1
         if stamps[Stage.CAPTURED]:
             self.first_captured_ns = min(self.first_captured_ns or stamps[Stage.CAPTURED], stamps[Stage.CAPTURED])
@@ -146,7 +167,7 @@ class StreamMetrics:
             gap = (header.pts - self.last_pts) * header.time_base[0] / header.time_base[1]
             self.down_s += max(0.0, gap - header.rate[1] / max(1, header.rate[0]))  # less one frame interval
         self.last_pts = header.pts
-        self.held += len(held) > 0
+        self.tracker_added += len(held) > 0
         self.masks.update(box[5] for box in header.boxes)
         self.masks.update(held.counts())
         self.dropped = max(self.dropped, header.dropped)
@@ -155,7 +176,7 @@ class StreamMetrics:
             self.full_masked += 1
 
     def summary(self) -> StreamSummary:
-        sent = self.end.frames if self.end else self.highest_seq + 1
+        sent = self.total if self.total is not None else self.highest_seq + 1
         by = {"capture": self.end.dropped if self.end else self.dropped, "worker": self.dropped_by["worker"]}
         latency = {label: h.percentiles() for label, h in self.latency.items() if h.count}
         wall = (self.last_recorded_ns - self.first_captured_ns) / 1e9
@@ -167,16 +188,50 @@ class StreamMetrics:
             dropped=sum(by.values()),
             dropped_by=by,
             lost=self.lost,
+            lost_runs=list(self.lost_runs),
             skipped=self.end.skipped if self.end else 0,
             refused=self.refused,
             full_masked=self.full_masked,
-            held=self.held,
+            tracker_added=self.tracker_added,
             masks=dict(sorted(self.masks.items())),
             outages=self.outages,
             down_s=self.down_s,
             fps=fps,
             latency_ms=latency,
         )
+
+
+@dataclass
+class StatusLines:
+    """``--status-interval``: a line per stream every ``interval_s``, for logs where no progress display shows.
+
+    Frames, rate, drops and losses, and the end-to-end p99 latency, all over the interval just past.
+    """
+
+    interval_s: float
+    _last: float | None = None
+    _counts: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # stream -> frames, dropped, lost
+
+    def due(self, now: float) -> bool:
+        if self._last is None:
+            self._last = now
+        return self.interval_s > 0 and now - self._last >= self.interval_s
+
+    def lines(self, metrics: dict[str, StreamMetrics], now: float) -> list[str]:
+        assert self._last is not None
+        elapsed, self._last = now - self._last, now
+        out = []
+        for name, m in metrics.items():
+            dropped = m.dropped + sum(m.dropped_by.values())
+            frames0, dropped0, lost0 = self._counts.get(name, (0, 0, 0))
+            self._counts[name] = (m.frames_out, dropped, m.lost)
+            p99 = f"{m.recent.percentiles()[2]:.0f} ms" if m.recent.count else "-"
+            m.recent.reset()
+            out.append(
+                f"{name}: {m.frames_out} frames (+{m.frames_out - frames0}), {(m.frames_out - frames0) / elapsed:.1f} "
+                f"fps, dropped +{dropped - dropped0}, lost +{m.lost - lost0}, p99 {p99} over {elapsed:.0f} s"
+            )
+        return out
 
 
 def _by_class(found: Detections) -> dict[str, list[list[float]]]:

@@ -3,7 +3,9 @@
 It binds the socket every worker pushes to, restores each stream's order,
 lets each stream's tracker add the masks it still holds (tracker.py), hands
 frames to one recorder per stream and collects per-frame metrics. With
-``expect`` it ends by itself once every expected stream has ended.
+``expect`` it ends by itself once every expected stream has ended. Under
+``anonstream run`` it knows the workers' count and shares a ledger with the
+captures (ledger.py), so that frames of files are never lost for being slow.
 """
 
 from __future__ import annotations
@@ -14,22 +16,19 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from anonstream.config import Settings
 from anonstream.errors import NotAnonymizedError, RecorderError, WireError
 from anonstream.process import Channel, Finished, log_sampled
 from anonstream.stream.detections import Detections
+from anonstream.stream.ledger import Ledger
 from anonstream.stream.masking import Masking
-from anonstream.stream.metrics import FrameLog, RunSummary, StreamMetrics
-from anonstream.stream.recorders import Recorder, ensure_output_dir, make_recorder
+from anonstream.stream.metrics import FrameLog, RunSummary, StatusLines, StreamMetrics
+from anonstream.stream.recorders import Output, Recorder, ensure_output_dir, make_recorder
 from anonstream.stream.sequencer import Ended, Lost, Released, Sequencer
 from anonstream.stream.tracker import Tracker
 from anonstream.stream.transport import MAX_STREAMS, FrameReceiver
-from anonstream.stream.wire import Dropped, Flag, FrameMessage, Message, Stage
-
-if TYPE_CHECKING:
-    from multiprocessing.sharedctypes import SynchronizedArray
+from anonstream.stream.wire import Dropped, Flag, FrameMessage, Idle, Message, Stage
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,9 @@ class RecordStage:
     endpoint: str
     settings: Settings
     expect: tuple[str, ...] = ()
-    progress: SynchronizedArray[int] | None = None  # frames recorded per expected stream, for the CLI
+    ledger: Ledger | None = None  # shared with the captures of ``expect``, in that order
+    workers: int = 0  # how many workers, numbered 1..workers, feed it (0: unknown)
+    outputs: dict[str, Output] = field(default_factory=dict)  # where each stream goes (else: from record.dir)
     role: str = "record"
 
     @property
@@ -52,12 +53,15 @@ class RecordStage:
         cfg = self.settings
         if cfg.record.dir is not None:
             ensure_output_dir(cfg.record.dir)
-        sequencer = Sequencer(cfg.sequencer.loss_timeout_s, cfg.sequencer.max_pending)
+        frames, nbytes = cfg.in_flight
+        timeouts = cfg.sequencer.loss_timeout_s, cfg.record.drain_timeout_s
+        sequencer = Sequencer(timeouts[0], frames, nbytes, self.workers, idle_timeout_s=timeouts[1])
         recorders: dict[str, Recorder] = {}
         hold = _Hold(cfg)
         metrics: dict[str, StreamMetrics] = {name: StreamMetrics(name) for name in self.expect}
         ended: set[str] = set()
         counters = {"rejected": 0}
+        status = StatusLines(cfg.metrics.status_interval_s)
 
         def stats(stream: str) -> StreamMetrics:
             if stream not in metrics:
@@ -66,6 +70,8 @@ class RecordStage:
 
         def admitted(message: Message) -> bool:
             """Frames of streams nobody expects are rejected: a stray sender cannot grow state without bound."""
+            if isinstance(message, Idle):
+                return True
             stream = message.header.stream if isinstance(message, FrameMessage) else message.stream
             if stream in metrics or (not self.expect and len(metrics) < MAX_STREAMS):
                 stats(stream)  # counted towards MAX_STREAMS from its first message, even while its frames wait
@@ -83,12 +89,12 @@ class RecordStage:
                     stats(event.stream).dropped_by[event.by] += 1
                     frame_log.dropped(event)
                 elif isinstance(event, Lost):
-                    stats(event.stream).lost += event.count
+                    stats(event.stream).lose(event)
                     frame_log.lost(event)
                     log.warning("%s: %d frame(s) lost from seq %d", event.stream, event.count, event.first_seq)
                 elif isinstance(event, Ended):
                     ended.add(event.stream)
-                    stats(event.stream).end = event.end
+                    stats(event.stream).ended(event.end, event.frames)
                     hold.trackers.pop(event.stream, None)
                     if event.stream in recorders:
                         recorders.pop(event.stream).close()
@@ -101,8 +107,13 @@ class RecordStage:
                     message = receiver.receive(RECEIVE_MS)
                     now = time.monotonic()
                     events = sequencer.push(message, now) if message is not None and admitted(message) else []
-                    handle(events + sequencer.poll(now), frame_log)
+                    handle(events + self._ledger_ended(sequencer, now) + sequencer.poll(now), frame_log)
+                    self._share_progress(sequencer)
+                    if status.due(now):
+                        for line in status.lines(metrics, now):
+                            log.info("%s", line)
                 handle(sequencer.flush(), frame_log)
+                self._share_progress(sequencer)
             finally:
                 _close_all(recorders.values())
         summary = RunSummary([m.summary() for m in metrics.values()])
@@ -124,7 +135,8 @@ class RecordStage:
         header = message.header
         recorder = recorders.get(header.stream)
         if recorder is None:
-            recorder = recorders[header.stream] = make_recorder(header.stream, header, self.settings.record)
+            recorder = make_recorder(header.stream, header, self.settings.record, self.outputs.get(header.stream))
+            recorders[header.stream] = recorder
         try:
             recorder.write(message)
         except NotAnonymizedError as exc:
@@ -138,9 +150,22 @@ class RecordStage:
         header.stamp(Stage.RECORDED)
         stats.frame(header, tracked)
         frame_log.frame(header, tracked)
-        if self.progress is not None and header.stream in self.expect:
-            with self.progress.get_lock():
-                self.progress[self.expect.index(header.stream)] += 1
+
+    def _ledger_ended(self, sequencer: Sequencer, now: float) -> list[Released]:
+        """What the ledger says: a worker died; streams whose capture has ended, and how many frames it sent."""
+        events: list[Released] = []
+        if self.ledger is not None:
+            if (died := self.ledger.last_death) is not None:
+                sequencer.worker_died(died)
+            for slot, stream in enumerate(self.expect):
+                if (sent := self.ledger.sent_total(slot)) is not None:
+                    events += sequencer.capture_ended(stream, sent, now)
+        return events
+
+    def _share_progress(self, sequencer: Sequencer) -> None:
+        if self.ledger is not None:
+            for slot, stream in enumerate(self.expect):
+                self.ledger.done[slot] = sequencer.done(stream)
 
 
 def _close_all(recorders: Iterable[Recorder]) -> None:

@@ -1,18 +1,39 @@
-"""Restores each stream's frame order after the worker pool.
+"""Restores each stream's frame order after the worker pool, and decides when a missing frame is lost.
 
 Workers finish frames out of order. The sequencer holds early frames until
-the missing ones arrive; a frame that has not come ``loss_timeout_s`` after
-the stream stalled on it (or once ``max_pending`` frames wait behind it) is
-declared lost, counted, and the stream moves on. A worker's drop notice
-stands in for the frame it dropped, so a dropped frame holds nothing up.
-Time is passed in, so the logic is exact to test.
+the missing ones arrive. A worker's drop notice stands in for the frame it
+dropped, so a dropped frame holds nothing up. When a missing frame is lost
+depends on the stream:
+
+- live (Flag.LIVE): once it has been missing ``loss_timeout_s``, so that
+  latency stays bounded;
+- lossless (files and folders): never because it is slow, or still on its
+  way. Only a worker that dies takes frames with it, so a missing frame is
+  lost only after a worker died (``worker_died``), and once every one of the
+  ``workers`` has said it held nothing (``Idle``) at least ``IDLE_GRACE_S``
+  after both that death and the moment the stream began to wait. A worker
+  keeps its number when the orchestrator restarts it. With no death, only
+  every worker idle ``idle_timeout_s`` after the wait began says a frame is
+  gone (it should never happen; it is counted and logged like any loss).
+  Without ``workers`` (a record process on its own, which cannot see them)
+  the timeout applies.
+
+Either kind loses the oldest gap when more than ``max_pending`` frames or
+``max_pending_bytes`` wait behind it; on one host the captures' window
+(``ledger.Window``) keeps lossless streams below both. Time is passed in
+(the host's monotonic clock, which idle notices use too), so the logic is
+exact to test.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from anonstream.stream.wire import Dropped, EndOfStream, FrameMessage
+from anonstream.stream.wire import Dropped, EndOfStream, Flag, FrameMessage, Idle
+
+# An idle worker's socket may still be taking in frames sent long ago (ZeroMQ moves them between
+# processes in the background): only an idle moment this long after a death or a gap counts.
+IDLE_GRACE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +46,8 @@ class Lost:
 @dataclass(frozen=True, slots=True)
 class Ended:
     stream: str
-    end: EndOfStream | None  # None: flushed before its end-of-stream arrived
+    end: EndOfStream | None  # None: its end-of-stream never arrived (flushed, or its capture's count was used)
+    frames: int | None = None  # the frames it had in all, where known
 
 
 Released = FrameMessage | Dropped | Lost | Ended
@@ -36,16 +58,35 @@ class _StreamState:
     name: str
     next_seq: int = 0
     pending: dict[int, FrameMessage | Dropped] = field(default_factory=dict)
+    pending_bytes: int = 0
     end: EndOfStream | None = None
+    sent: int | None = None  # frames its capture reports having sent, should the end-of-stream not arrive
+    live: bool = False
     stalled_since: float | None = None
     finished: bool = False
     late: int = 0
 
+    @property
+    def total(self) -> int | None:
+        return self.end.frames if self.end is not None else self.sent
+
 
 class Sequencer:
-    def __init__(self, loss_timeout_s: float, max_pending: int) -> None:
+    def __init__(
+        self,
+        loss_timeout_s: float,
+        max_pending: int,
+        max_pending_bytes: int = 2**62,
+        workers: int = 0,
+        idle_timeout_s: float = 30.0,
+    ) -> None:
         self.loss_timeout_s = loss_timeout_s
+        self.idle_timeout_s = idle_timeout_s
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.workers = workers
+        self._idle: dict[int, float] = {}  # worker number -> latest moment it held nothing (seconds)
+        self._died: float | None = None  # when a worker last died
         self._streams: dict[str, _StreamState] = {}
 
     def _state(self, stream: str) -> _StreamState:
@@ -58,7 +99,15 @@ class Sequencer:
         """Frames that arrived after they had been declared lost, per stream (discarded)."""
         return {name: s.late for name, s in self._streams.items()}
 
-    def push(self, message: FrameMessage | EndOfStream | Dropped, now: float) -> list[Released]:
+    def done(self, stream: str) -> int:
+        """Frames of ``stream`` the sequencer is past: released, dropped or lost."""
+        state = self._streams.get(stream)
+        return state.next_seq if state is not None else 0
+
+    def push(self, message: FrameMessage | EndOfStream | Dropped | Idle, now: float) -> list[Released]:
+        if isinstance(message, Idle):
+            self._idle[message.worker] = max(self._idle.get(message.worker, 0.0), message.at_ns / 1e9)
+            return self.poll(now)
         if isinstance(message, EndOfStream):
             state = self._state(message.stream)
             if state.finished or state.end is not None:
@@ -70,35 +119,62 @@ class Sequencer:
             if state.finished or seq < state.next_seq or seq in state.pending:
                 state.late += 1
                 return []
+            if isinstance(message, FrameMessage):
+                state.live = bool(message.header.flags & Flag.LIVE)
+                state.pending_bytes += message.pixels.nbytes
             state.pending[seq] = message
         return self._release(state, now)
 
+    def worker_died(self, at: float) -> None:
+        """A worker died at ``at``: frames of files it held can now be found lost."""
+        if self._died is None or at > self._died:
+            self._died = at
+
+    def capture_ended(self, stream: str, sent: int, now: float) -> list[Released]:
+        """Its capture sent ``sent`` frames in all: the stream can end even if its end-of-stream went missing."""
+        state = self._state(stream)
+        if state.finished or state.sent is not None:
+            return []
+        state.sent = sent
+        return self._release(state, now)
+
     def poll(self, now: float) -> list[Released]:
-        """Declare lost whatever has been missing for too long."""
+        """Declare lost what can no longer arrive (see the module docstring)."""
         out: list[Released] = []
         for state in self._streams.values():
-            if state.stalled_since is not None and now - state.stalled_since >= self.loss_timeout_s:
+            if state.stalled_since is not None and self._gone(state, now):
                 out += self._skip_gap(state)
-                out += self._release(state, now)
+                out += self._release(state, now, end_missing=True)
         return out
 
     def flush(self) -> list[Released]:
         """Release everything held, gaps counted lost; every stream ends."""
         out: list[Released] = []
         for state in self._streams.values():
-            while not state.finished and (state.pending or state.end is not None):
+            while not state.finished and (state.pending or state.total is not None):
                 out += self._skip_gap(state)
-                out += self._release(state, None)
+                out += self._release(state, None, end_missing=True)
             if not state.finished:
                 state.finished = True
-                out.append(Ended(state.name, state.end))
+                out.append(Ended(state.name, state.end, state.total))
         return out
+
+    def _gone(self, state: _StreamState, now: float) -> bool:
+        """Whether what ``state`` waits for can no longer come."""
+        assert state.stalled_since is not None
+        if state.live or not self.workers:
+            return now - state.stalled_since >= self.loss_timeout_s
+        if self._died is None:  # slow, or on its way: no worker died that could have taken it
+            since = state.stalled_since + self.idle_timeout_s
+        else:
+            since = max(state.stalled_since, self._died) + IDLE_GRACE_S
+        return all(self._idle.get(n, -1.0) >= since for n in range(1, self.workers + 1))
 
     def _skip_gap(self, state: _StreamState) -> list[Released]:
         if state.pending:
             target = min(state.pending)
-        elif state.end is not None:
-            target = state.end.frames
+        elif state.total is not None:
+            target = state.total
         else:
             target = state.next_seq
         state.stalled_since = None
@@ -108,20 +184,25 @@ class Sequencer:
         state.next_seq = target
         return [lost]
 
-    def _release(self, state: _StreamState, now: float | None) -> list[Released]:
+    def _release(self, state: _StreamState, now: float | None, end_missing: bool = False) -> list[Released]:
+        """Release what is next in order; ``end_missing``: the stream may end on its capture's count alone."""
         out: list[Released] = []
         while True:
             while state.next_seq in state.pending:
-                out.append(state.pending.pop(state.next_seq))
+                message = state.pending.pop(state.next_seq)
+                if isinstance(message, FrameMessage):
+                    state.pending_bytes -= message.pixels.nbytes
+                out.append(message)
                 state.next_seq += 1
                 state.stalled_since = None
-            if len(state.pending) > self.max_pending:
+            if len(state.pending) > self.max_pending or state.pending_bytes > self.max_pending_bytes:
                 out += self._skip_gap(state)
                 continue
             break
-        if state.end is not None and not state.pending and state.next_seq >= state.end.frames:
+        total = state.total
+        if total is not None and not state.pending and state.next_seq >= total and (state.end or end_missing):
             state.finished = True
-            out.append(Ended(state.name, state.end))
-        elif (state.pending or state.end is not None) and state.stalled_since is None and now is not None:
+            out.append(Ended(state.name, state.end, total))
+        elif (state.pending or total is not None) and state.stalled_since is None and now is not None:
             state.stalled_since = now
         return out

@@ -1,4 +1,4 @@
-"""Frame sources: video files, image folders, webcams and network streams.
+"""Frame sources: video files, single images, image folders, webcams and network streams.
 
 Each source is a context manager that yields decoded frames with their
 presentation time. Opening checks everything a user can get wrong and raises
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 LIVE_TIME_BASE = Fraction(1, 1000)  # live sources are stamped in milliseconds since their first frame
 
-SourceKind = Literal["file", "folder", "webcam", "network"]
+SourceKind = Literal["file", "image", "folder", "webcam", "network"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +67,23 @@ def classify(uri: str) -> SourceKind:
         if path.is_dir():
             return "folder"
         if path.is_file():
-            return "file"
+            return "image" if path.suffix.lower() in IMAGE_SUFFIXES else "file"
     except OSError as exc:  # a name too long, a loop of links...
         raise SourceError(f"source {uri[:200]!r} cannot be used: {exc.strerror}") from None
     raise SourceError(
-        f"source {uri!r} does not exist (give a video file, an image folder, a webcam such as 0, or an rtsp:// URL)"
+        f"source {uri!r} does not exist (give a video file, an image, an image folder, a webcam such as 0, or an "
+        "rtsp:// URL)"
     )
+
+
+def redact(uri: str) -> str:
+    """The uri as logs and messages show it: a network URL's user name and password replaced by ***."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^@/]*@", r"\1***@", uri, flags=re.IGNORECASE)
+
+
+def lossless(uri: str, config: CaptureConfig) -> bool:
+    """Whether every frame of this source must be recorded: a file or folder not paced as a camera."""
+    return not config.realtime and classify(uri) in ("file", "image", "folder")
 
 
 def default_stream_id(uri: str, kind: SourceKind) -> str:
@@ -81,7 +92,7 @@ def default_stream_id(uri: str, kind: SourceKind) -> str:
     elif kind == "network":
         base = re.sub(r"^[a-z]+://([^@/]*@)?", "", uri, flags=re.IGNORECASE)
     else:
-        base = Path(uri).resolve().stem if kind == "file" else Path(uri).resolve().name
+        base = Path(uri).resolve().stem if kind in ("file", "image") else Path(uri).resolve().name
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "stream"
     return cleaned[:64]
 
@@ -127,11 +138,12 @@ class VideoSource(Source):
         except av.FFmpegError as exc:
             what = "video file" if kind == "file" else "stream"
             raise SourceError(
-                f"cannot open {what} {uri!r}: {exc} (check the path or URL, and that FFmpeg can decode it)"
+                f"cannot open {what} {redact(uri)!r}: {_no_uri(exc, uri)} (check the path or URL, and that FFmpeg "
+                "can decode it)"
             ) from None
         if not self._container.streams.video:
             self._container.close()
-            raise SourceError(f"{uri!r} has no video stream")
+            raise SourceError(f"{redact(uri)!r} has no video stream")
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         live = kind == "network"
@@ -151,7 +163,7 @@ class VideoSource(Source):
             except StopIteration:
                 return
             except av.FFmpegError as exc:
-                raise SourceError(f"reading {self.info.uri!r} failed: {exc}") from None
+                raise SourceError(f"reading {redact(self.info.uri)!r} failed: {_no_uri(exc, self.info.uri)}") from None
             try:
                 decoded = packet.decode()
             except av.FFmpegError as exc:
@@ -174,6 +186,11 @@ class VideoSource(Source):
         self._container.close()
 
 
+def _no_uri(exc: Exception, uri: str) -> str:
+    """FFmpeg's message, without the uri it may repeat (and the password in it)."""
+    return str(exc).replace(f"'{uri}'", "").replace(uri, redact(uri)).rstrip(": ")
+
+
 class FolderSource(Source):
     """Every image below a folder, in sorted order, as one stream."""
 
@@ -187,6 +204,11 @@ class FolderSource(Source):
         rate = Fraction(config.folder_fps).limit_denominator(1001)
         self.info = SourceInfo(stream_id, "folder", uri, rate, 1 / rate, len(files), False)
 
+    @property
+    def names(self) -> list[str]:
+        """Each image's name relative to the folder, in the order they are sent."""
+        return [path.relative_to(self._root).as_posix() for path in self._files]
+
     def frames(self) -> Iterator[SourceFrame]:
         for index, path in enumerate(self._files):
             pixels = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
@@ -197,12 +219,30 @@ class FolderSource(Source):
             yield SourceFrame(pixels, index, index, path.relative_to(self._root).as_posix())
 
 
+class ImageSource(FolderSource):
+    """One image file, as a stream of one frame named after it."""
+
+    def __init__(self, stream_id: str, uri: str, config: CaptureConfig) -> None:
+        path = Path(uri)
+        if not cv2.haveImageReader(os.fspath(path)):
+            raise SourceError(f"image {uri!r} cannot be read: not an image OpenCV can decode, or damaged")
+        self._root = path.parent
+        self._files = [path]
+        rate = Fraction(config.folder_fps).limit_denominator(1001)
+        self.info = SourceInfo(stream_id, "image", uri, rate, 1 / rate, 1, False)
+
+
 class WebcamSource(Source):
     """A local camera through OpenCV (V4L2 on Linux)."""
 
     def __init__(self, stream_id: str, uri: str, config: CaptureConfig) -> None:
         device: int | str = int(uri) if uri.isdigit() else uri
-        self._capture = cv2.VideoCapture(device)
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its warnings say less than ours
+        try:
+            self._capture = cv2.VideoCapture(device)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not self._capture.isOpened():
             self._capture.release()
             raise SourceError(
@@ -265,7 +305,7 @@ class NetworkSource(Source):
             try:
                 if self._stream is None:
                     self._stream = self._connect()
-                    log.info("connected to %s", self._uri)
+                    log.info("connected to %s", redact(self._uri))
                 for frame in self._stream.frames():
                     resumed = down_since is not None and index > 0  # not an outage before the first frame
                     if down_since is not None and resumed:
@@ -303,6 +343,8 @@ def open_source(spec: SourceSpec, stream_id: str, config: CaptureConfig, stop: t
     kind = classify(spec.uri)
     if kind == "folder":
         return FolderSource(stream_id, spec.uri, config)
+    if kind == "image":
+        return ImageSource(stream_id, spec.uri, config)
     if kind == "webcam":
         return WebcamSource(stream_id, spec.uri, config)
     if kind == "network":

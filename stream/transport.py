@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Self
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from anonstream.closing import Closing
 from anonstream.errors import WireError
 from anonstream.process import log_sampled
-from anonstream.stream.wire import Dropped, EndOfStream, FrameMessage, Message, decode, encode
+from anonstream.stream.wire import Dropped, EndOfStream, FrameMessage, Idle, Message, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ DEFAULT_LIVE_DEPTH = 1  # frames of one live stream a worker holds unseen; a new
 MAX_BACKLOG = 256  # messages a worker holds unseen at most, whatever their streams claim
 MAX_STREAMS = 256  # streams a record process without --expect accepts
 POLL_MS = 100  # how often blocking loops look at their stop flag
+PEERS_TIMEOUT_S = 30.0  # how long a capture waits for every worker to connect before it settles for fewer
 
 
 class _Socket(Closing):
@@ -69,12 +72,29 @@ class FrameSender(_Socket):
     def __init__(self, hwm: int = DEFAULT_FRAME_HWM, linger_ms: int = DEFAULT_LINGER_MS) -> None:
         super().__init__(zmq.PUSH, hwm, linger_ms)
 
-    def wait_for_peer(self, stop: threading.Event) -> bool:
-        """Block until some receiver is connected and has room (False if stopped first)."""
-        while not stop.is_set():
-            if self.socket.poll(POLL_MS, zmq.POLLOUT):
-                return True
-        return False
+    def wait_for_peers(self, stop: threading.Event, peers: int = 1, timeout_s: float = PEERS_TIMEOUT_S) -> bool:
+        """Block until ``peers`` receivers have connected (False if stopped first).
+
+        PUSH deals messages round robin to the peers connected at the time: a burst sent as
+        the first one connects all goes to it, and a peer whose connection is still being
+        made when messages are dealt to it may never see them. So a capture of a file waits
+        for every worker. After ``timeout_s`` it settles for those there are (at least one).
+        """
+        monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            deadline = time.monotonic() + timeout_s
+            joined = 0
+            while not stop.is_set() and joined < peers:
+                if monitor.poll(POLL_MS):
+                    recv_monitor_message(monitor)
+                    joined += 1
+                elif time.monotonic() > deadline and self.socket.poll(0, zmq.POLLOUT):
+                    log.warning("%d of %d workers connected after %.0f s; going on with them", joined, peers, timeout_s)
+                    break
+        finally:
+            self.socket.disable_monitor()
+            monitor.close()
+        return not stop.is_set()
 
     def send(self, message: Message, stop: threading.Event | None = None, block: bool = True) -> bool:
         """Send one message; False if it could not go (non-blocking and full, or stopped while waiting)."""
@@ -102,7 +122,7 @@ class FrameReceiver(_Socket):
         self,
         hwm: int = DEFAULT_FRAME_HWM,
         linger_ms: int = DEFAULT_LINGER_MS,
-        accept: tuple[type[Message], ...] = (FrameMessage, EndOfStream, Dropped),
+        accept: tuple[type[Message], ...] = (FrameMessage, EndOfStream, Dropped, Idle),
     ) -> None:
         super().__init__(zmq.PULL, hwm, linger_ms)
         self.rejected = 0

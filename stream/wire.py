@@ -1,20 +1,23 @@
-"""The wire format between anonstream's processes, version 5.
+"""The wire format between anonstream's processes, version 6.
 
 Version 2 added Flag.STILL, 3 Flag.RESUMED, 4 Flag.LIVE and the drop notice,
-5 the class of each masked box.
+5 the class of each masked box, 6 the idle notice.
 
 A frame is a two-part ZeroMQ message: a msgpack header, then the raw pixel
 buffer, sent and received without copying. End of stream is its own one-part
 message, and so is a drop notice: a worker's word that it dropped one frame of
 a live stream unseen because a newer one was waiting, so that the record
-stage moves on at once instead of waiting for the frame as lost. Every
-received message is validated before use; nothing is allocated on a
-header's say-so (pixels are a view of the buffer that arrived).
+stage moves on at once instead of waiting for the frame as lost. An idle
+notice is a worker's word that it held no frame at a given moment: after a
+worker died, that is how the record stage tells a frame of a file that went
+down with it from one still on its way (sequencer.py). Every received
+message is validated before use; nothing is allocated on a header's say-so
+(pixels are a view of the buffer that arrived).
 
 Header keys (msgpack map; no other keys are accepted):
 
     v        int    wire version, WIRE_VERSION
-    kind     int    Kind.FRAME, Kind.END or Kind.DROP
+    kind     int    Kind.FRAME, Kind.END, Kind.DROP or Kind.IDLE
     stream   str    stream id: letters, digits, '.', '_', '-', at most 64, not starting with '.', '_', '-'
     --- frames only ---
     seq      int    0, 1, 2... per stream, over the frames the capture sent
@@ -37,6 +40,9 @@ Header keys (msgpack map; no other keys are accepted):
     --- drop notice only ---
     seq      int    the frame dropped
     by       str    the stage that dropped it, one of DROP_STAGES
+    --- idle notice only (no stream key) ---
+    worker   int    the worker's number, 1..MAX_WORKERS
+    at       int    CLOCK_MONOTONIC ns (one host's clock) when its queues were found empty
 """
 
 from __future__ import annotations
@@ -54,7 +60,8 @@ import numpy as np
 
 from anonstream.errors import WireError
 
-WIRE_VERSION = 5
+WIRE_VERSION = 6
+MAX_WORKERS = 64
 MAX_SIDE = 16384
 MAX_BOXES = 4096  # boxes listed in a header; a crowd may have more masked, the best-scored are listed
 MAX_HEADER_BYTES = 64 * 1024 + MAX_BOXES * 80  # room for MAX_BOXES boxes (46 msgpack bytes, and the class name)
@@ -73,6 +80,7 @@ class Kind(IntEnum):
     FRAME = 1
     END = 2
     DROP = 3
+    IDLE = 4
 
 
 class Flag(IntFlag):
@@ -148,7 +156,15 @@ class Dropped:
     by: str = "worker"
 
 
-Message = FrameMessage | EndOfStream | Dropped
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Worker ``worker`` held no frame, in its queues or in hand, at ``at_ns`` (time.monotonic_ns of its host)."""
+
+    worker: int
+    at_ns: int
+
+
+Message = FrameMessage | EndOfStream | Dropped | Idle
 
 
 def pixel_layout(pixels: np.ndarray) -> str:
@@ -184,6 +200,9 @@ def encode(message: Message) -> list[bytes | memoryview]:
             "by": message.by,
         }
         return [msgpack.packb(notice)]
+    if isinstance(message, Idle):
+        idle = {"v": WIRE_VERSION, "kind": int(Kind.IDLE), "worker": message.worker, "at": message.at_ns}
+        return [msgpack.packb(idle)]
     h = message.header
     pixels = np.ascontiguousarray(message.pixels)
     if tuple(pixels.shape) != tuple(h.shape) or str(pixels.dtype) != h.dtype:
@@ -231,6 +250,7 @@ _FRAME_KEYS = frozenset(
 )
 _END_KEYS = frozenset({"v", "kind", "stream", "frames", "dropped", "skipped", "reason"})
 _DROP_KEYS = frozenset({"v", "kind", "stream", "seq", "by"})
+_IDLE_KEYS = frozenset({"v", "kind", "worker", "at"})
 
 
 def _int(head: dict[str, Any], key: str, low: int = 0, high: int = 2**63 - 1) -> int:
@@ -325,6 +345,10 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
         if by not in DROP_STAGES:
             raise WireError(f"unknown dropping stage {by!r}")
         return Dropped(stream=_stream(head), seq=_int(head, "seq"), by=by)
+    if kind == Kind.IDLE:
+        if len(parts) != 1 or set(head) != _IDLE_KEYS:
+            raise WireError("malformed idle notice")
+        return Idle(worker=_int(head, "worker", 1, MAX_WORKERS), at_ns=_int(head, "at", 0, MAX_STAMP))
     if kind != Kind.FRAME:
         raise WireError(f"unknown message kind {kind!r}")
     if set(head) != _FRAME_KEYS:

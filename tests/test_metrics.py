@@ -39,7 +39,7 @@ def test_summary_counts_and_latency_from_frames() -> None:
         header.stamp(Stage.SENT, start)
         header.stamp(Stage.RECORDED, start + (20 + seq % 10) * 1_000_000)  # 20..29 ms end to end
         metrics.frame(header, held)
-    metrics.end = EndOfStream("cam", frames=104, dropped=2)
+    metrics.ended(EndOfStream("cam", frames=104, dropped=2), None)
     metrics.dropped_by["worker"] += 3
     summary = metrics.summary()
     assert (summary.frames_in, summary.frames_out, summary.dropped) == (106, 100, 5)
@@ -47,4 +47,4 @@ def test_summary_counts_and_latency_from_frames() -> None:
     assert set(summary.latency_ms) == {"capture → send", "end to end"}  # only stages stamped
     np.testing.assert_allclose(summary.latency_ms["end to end"], (24.5, 29, 29), rtol=0.02)
     assert summary.fps == pytest.approx(30, rel=0.02)
-    assert summary.masks == {"face": 100, "plate": 50 + 34} and summary.held == 34
+    assert summary.masks == {"face": 100, "plate": 50 + 34} and summary.tracker_added == 34

@@ -294,7 +294,7 @@ def test_a_full_disk_stops_the_run_with_one_clear_error(clip: AstronautClip, tmp
     tag = f"{os.getpid()}-{format}"
     env = os.environ | {"ANONSTREAM_TEST_TAG": tag}
     result = subprocess.run(
-        anonstream_cmd("run", "--source", str(source), "--record", str(out)),
+        anonstream_cmd("run", "--source", str(source), "--record", str(out), "--overwrite"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -473,6 +473,9 @@ def test_bad_input_is_one_clear_line(clip_path: Path, tmp_path: Path, args: list
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert message in " ".join(lines), result.stderr
     assert len([line for line in lines if "error" in line.lower()]) == 1, result.stderr
+    assert "[ WARN" not in result.stderr  # none of OpenCV's own lines
+    if "rtsp" not in " ".join(args):  # a network stream may come up later: only it is tried after the workers start
+        assert "worker(s) ready" not in result.stderr
 
 
 def test_readme_demo_command(tmp_path: Path) -> None:
@@ -534,6 +537,56 @@ def test_killed_worker_is_restarted_and_nothing_leaks(tmp_path: Path) -> None:
     assert clip.frames - 5 <= len(recorded) + lost + dropped <= clip.frames  # the rest: dropped by the capture
     assert recorded[0]["index"] == 0
     assert_recorded_frames_masked(clip, source, out / "long.mp4", recorded)
+
+
+def _slow_and_quick_photos(folder: Path, slow: int, quick: int) -> list[str]:
+    """Photos of 1600 px (seconds each with --stills on this CPU) then small ones; their names in order."""
+    folder.mkdir()
+    big = cv2.resize(astronaut_bgr(), (1600, 1600))
+    names = []
+    for index in range(slow + quick):
+        name = f"{index:03d}.png"
+        cv2.imwrite(str(folder / name), big if index < slow else astronaut_bgr()[::4, ::4])
+        names.append(name)
+    return names
+
+
+def test_a_slow_photo_is_never_lost_for_being_slow(tmp_path: Path) -> None:
+    """A photo that takes a worker far longer than the loss timeout still reaches the output, in order."""
+    photos = tmp_path / "photos"
+    names = _slow_and_quick_photos(photos, slow=1, quick=8)
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    args = ["--source", str(photos), "--record", str(out), "--stills", "--detect", "faces", "--workers", "2"]
+    args += ["--summary-json", str(summary), "--set", "sequencer.loss_timeout_s=0.2"]
+    result = run_cli("run", *args)
+    assert result.returncode == 0, result.stderr
+    stream = json.loads(summary.read_text())["streams"][0]
+    assert (stream["frames_out"], stream["lost"]) == (9, 0), result.stderr
+    assert sorted(p.name for p in (out / "photos").iterdir()) == names
+
+
+def test_photos_a_killed_worker_held_are_named_and_the_run_fails(tmp_path: Path) -> None:
+    """A lossless run that loses frames (their worker was killed) ends by itself, exits 1 and names them."""
+    photos = tmp_path / "photos"
+    names = _slow_and_quick_photos(photos, slow=6, quick=0)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        anonstream_cmd("run", "--source", str(photos), "--record", str(out), "--stills", "--detect", "faces"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "photos").is_dir():
+        time.sleep(0.1)
+    workers = [pid for pid in _children(process.pid) if "anonstream: worker" in " ".join(_titles({pid}))]
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == 1, stderr
+    written = sorted(p.name for p in (out / "photos").iterdir())
+    missing = sorted(set(names) - set(written))
+    assert missing and f"photos: {len(missing)} frame(s) lost" in stderr, stderr
+    assert all(name in stderr for name in missing), stderr
 
 
 def test_workers_behind_a_live_stream_drop_its_oldest_frames_and_count_them(tmp_path: Path) -> None:
@@ -610,3 +663,40 @@ def test_record_process_caps_the_streams_a_stray_sender_can_open() -> None:
     stdout, stderr = record.communicate(timeout=60)
     assert record.returncode == 0, stderr
     assert f"{extra} rejected" in stdout, stdout[-500:]
+
+
+def test_without_a_terminal_each_stream_logs_status_lines(tmp_path: Path) -> None:
+    """Under systemd or a pipe: a line per stream every --status-interval, with the rate, drops and p99."""
+    clip = AstronautClip(width=320, height=180, frames=90, fps=30)
+    source = clip.write(tmp_path / "street.mp4")
+    args = ["--record", str(tmp_path / "out"), "--realtime", "--detect", "faces", "--status-interval", "1"]
+    result = run_cli("run", str(source), *args)
+    assert result.returncode == 0, result.stderr
+    lines = re.findall(
+        r"street: (\d+) frames \(\+(\d+)\), ([\d.]+) fps, dropped \+\d+, lost \+0, p99 (\d+) ms over 1 s",
+        result.stderr,
+    )
+    assert len(lines) >= 2, result.stderr
+    assert all(int(added) > 0 and float(fps) > 0 and int(p99) > 0 for _, added, fps, p99 in lines)
+    assert [int(total) for total, *_ in lines] == sorted(int(total) for total, *_ in lines)
+
+
+def test_a_camera_never_reached_says_so_and_fails(tmp_path: Path) -> None:
+    """Not a table of zeros: the summary says the stream never connected, and the exit status is not 0."""
+    url = f"rtsp://viewer:secret@127.0.0.1:{free_port()}/front"
+    process = subprocess.Popen(
+        anonstream_cmd("run", url, "--record", str(tmp_path / "out"), "--detect", "faces"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any("capture" in t for t in _titles(_children(process.pid))):
+        time.sleep(0.2)
+    time.sleep(2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr
+    assert "never connected" in stdout and "end to end" not in stdout
+    assert "never connected to rtsp://***@127.0.0.1" in stderr
+    assert "secret" not in stdout + stderr

@@ -38,7 +38,7 @@ def test_every_recorder_refuses_frames_not_anonymized(tmp_path: Path, recorder_k
     recorder = {
         "null": lambda: NullRecorder("s"),
         "mp4": lambda: Mp4Recorder("s", tmp_path / "s.mp4", RecordConfig()),
-        "images": lambda: ImageFolderRecorder("s", tmp_path / "s"),
+        "images": lambda: ImageFolderRecorder("s", tmp_path / "s", RecordConfig()),
     }[recorder_kind]()
     with recorder, pytest.raises(NotAnonymizedError):
         recorder.write(message(0, np.zeros((16, 16, 3), np.uint8), flags=Flag.NONE, name="a.png"))
@@ -78,7 +78,7 @@ def test_mp4_starts_a_new_segment_when_the_frame_size_changes(tmp_path: Path) ->
 
 def test_image_recorder_keeps_relative_names_and_formats(tmp_path: Path) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    with ImageFolderRecorder("s", tmp_path / "out") as recorder:
+    with ImageFolderRecorder("s", tmp_path / "out", RecordConfig()) as recorder:
         recorder.write(message(0, pixels, name="a/one.png"))
         recorder.write(message(1, pixels, name="two.jpg"))
     assert np.array_equal(cv2.imread(str(tmp_path / "out/a/one.png")), pixels)
@@ -87,7 +87,7 @@ def test_image_recorder_keeps_relative_names_and_formats(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("name", ["../escape.png", "/etc/passwd.png", "a/../../b.png", "noext"])
 def test_image_recorder_refuses_unsafe_names(tmp_path: Path, name: str) -> None:
-    with ImageFolderRecorder("s", tmp_path / "out") as recorder, pytest.raises(WireError):
+    with ImageFolderRecorder("s", tmp_path / "out", RecordConfig()) as recorder, pytest.raises(WireError):
         recorder.write(message(0, np.zeros((4, 4, 3), np.uint8), name=name))
     assert not (tmp_path / "escape.png").exists()
 

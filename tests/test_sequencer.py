@@ -5,13 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from anonstream.stream.sequencer import Ended, Lost, Sequencer
-from anonstream.stream.wire import Dropped, EndOfStream, FrameHeader, FrameMessage
+from anonstream.stream.wire import Dropped, EndOfStream, Flag, FrameHeader, FrameMessage, Idle
 
 
-def frame(seq: int, stream: str = "s") -> FrameMessage:
+def frame(seq: int, stream: str = "s", flags: Flag = Flag.NONE) -> FrameMessage:
     pixels = np.zeros((2, 2, 3), np.uint8)
-    header = FrameHeader(stream, seq, seq, seq, (1, 30), (30, 1), (2, 2, 3), "uint8", "bgr")
+    header = FrameHeader(stream, seq, seq, seq, (1, 30), (30, 1), (2, 2, 3), "uint8", "bgr", flags)
     return FrameMessage(header, pixels)
+
+
+def idle(worker: int, at_s: float) -> Idle:
+    return Idle(worker, round(at_s * 1e9))
 
 
 def seqs(events: list[object]) -> list[object]:
@@ -111,3 +115,72 @@ def test_duplicates_and_frames_after_the_end_are_discarded() -> None:
     s.push(EndOfStream("s", frames=1), 0)
     assert s.push(frame(1), 0) == []
     assert s.late == {"s": 2}
+
+
+def test_a_slow_frame_of_a_file_is_never_lost_while_no_worker_died() -> None:
+    """With the workers known, a file's missing frame is slow or on its way, however long, and idle or not."""
+    s = Sequencer(loss_timeout_s=1.0, max_pending=10, workers=2, idle_timeout_s=30.0)
+    s.push(frame(0), 0.0)
+    s.push(frame(2), 0.1)
+    assert s.poll(1000.0) == []
+    assert seqs(s.push(idle(1, 500.0), 500.0)) == []  # worker 2 is busy: with frame 1, maybe
+    assert seqs(s.push(frame(1), 1001.0)) == [1, 2]
+    assert s.late == {"s": 0}
+
+
+def test_with_no_death_a_frame_is_lost_only_when_every_worker_has_long_been_idle() -> None:
+    """A safety net, not a path frames take: nothing can arrive once every worker idled that long."""
+    s = Sequencer(loss_timeout_s=1.0, max_pending=10, workers=2, idle_timeout_s=30.0)
+    s.push(frame(0), 0.0)
+    s.push(frame(2), 1.0)
+    assert seqs(s.push(idle(1, 20.0), 20.0) + s.push(idle(2, 20.0), 20.0)) == []
+    assert seqs(s.push(idle(1, 31.5), 31.5) + s.push(idle(2, 31.5), 31.5)) == [("lost", 1, 1), 2]
+
+
+def test_after_a_death_a_missing_frame_is_lost_once_every_worker_was_idle_well_after() -> None:
+    s = Sequencer(loss_timeout_s=1.0, max_pending=10, workers=2)
+    s.push(frame(0), 0.0)
+    s.push(frame(2), 1.0)  # the stream waits for frame 1 from 1.0
+    s.push(idle(1, 5.0), 5.0)
+    s.push(idle(2, 5.0), 5.0)
+    assert s.poll(5.0) == []  # idle, but no worker died: frame 1 is on its way (idle_timeout_s is 30)
+    s.worker_died(6.0)
+    assert seqs(s.push(idle(1, 6.5), 6.5) + s.push(idle(2, 6.9), 6.9)) == []  # within IDLE_GRACE_S of the death
+    assert seqs(s.push(idle(2, 7.0), 7.1)) == []  # worker 1 has not been idle since
+    assert seqs(s.push(idle(1, 7.2), 7.2)) == [("lost", 1, 1), 2]
+
+
+def test_a_live_stream_keeps_the_timeout_when_the_workers_are_known() -> None:
+    s = Sequencer(loss_timeout_s=1.0, max_pending=10, workers=2)
+    s.push(frame(0, flags=Flag.LIVE), 0.0)
+    s.push(frame(2, flags=Flag.LIVE), 0.1)
+    assert seqs(s.poll(1.2)) == [("lost", 1, 1), 2]
+
+
+def test_a_file_ends_on_its_captures_count_when_its_end_of_stream_is_lost() -> None:
+    s = Sequencer(loss_timeout_s=1.0, max_pending=10, workers=1)
+    s.push(frame(0), 0.0)
+    s.worker_died(0.1)
+    assert s.capture_ended("s", 3, 0.5) == []
+    assert seqs(s.push(frame(1), 0.6)) == [1]
+    assert seqs(s.push(idle(1, 1.5), 1.5)) == []  # within IDLE_GRACE_S of the wait: frame 2 may be on its way
+    out = s.push(idle(1, 1.7), 1.8)
+    assert seqs(out) == [("lost", 2, 1), "end"]
+    assert [e.end for e in out if isinstance(e, Ended)] == [None]
+
+
+def test_the_end_of_stream_still_wins_over_the_captures_count() -> None:
+    s = Sequencer(loss_timeout_s=1.0, max_pending=10, workers=1)
+    s.push(frame(0), 0.0)
+    s.capture_ended("s", 1, 0.1)
+    out = s.push(EndOfStream("s", frames=1, skipped=2), 0.2)
+    assert [e.end.skipped for e in out if isinstance(e, Ended) and e.end] == [2]
+
+
+def test_pending_frames_are_bounded_in_bytes_too() -> None:
+    s = Sequencer(loss_timeout_s=100.0, max_pending=100, max_pending_bytes=3 * 12, workers=1)
+    out = []
+    for seq in (1, 2, 3, 4):  # 12 bytes each
+        out += s.push(frame(seq), 0)
+    assert seqs(out) == [("lost", 0, 1), 1, 2, 3, 4]
+    assert s.done("s") == 5

@@ -73,7 +73,8 @@ def test_a_batch_fills_up_to_its_size_and_closes_at_end_of_stream(tmp_path: Path
         assert _seqs(first) == [("s", 0), ("s", 1), ("s", 2), ("s", 3)] and first.end is None
         second = backlog.take()  # ... and by an end of stream
         assert _seqs(second) == [("s", 4)] and second.end == EndOfStream("s", 5)
-        assert backlog.take() == Taken([])  # quiet: back to look at the stop flag
+        quiet = backlog.take()  # back to look at the stop flag, saying when it found nothing
+        assert (quiet.frames, quiet.end, quiet.dropped) == ([], None, []) and quiet.idle_at_ns > 0
 
 
 @pytest.mark.parametrize("depth", [1, 3])
@@ -106,6 +107,21 @@ def test_a_worker_behind_drops_the_oldest_live_frames_and_never_a_lossless_one(t
         assert any(d.stream == "cam" for d in dropped)  # 10 frames at once, at most depth of them kept waiting
         assert all(d.by == "worker" for d in dropped)
         assert len(backlog) == 0
+
+
+def test_the_first_frame_after_an_outage_passes_its_mark_on_when_dropped(tmp_path: Path) -> None:
+    """A camera's first frame back from an outage starts a new segment and counts the outage: dropping it
+    unseen must not lose that, or the recording would freeze one frame over the gap."""
+    endpoint = f"ipc://{tmp_path}/frames"
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    with FrameReceiver(hwm=64).bind(endpoint) as receiver, FrameSender(hwm=64).connect(endpoint) as sender:
+        backlog = Backlog(receiver, size=1, wait_s=0.0, live_depth=1)
+        assert sender.send(raw_frame("cam", 0, pixels, Flag.LIVE | Flag.RESUMED))
+        assert sender.send(raw_frame("cam", 1, pixels, Flag.LIVE))
+        time.sleep(0.3)
+        taken = backlog.take()
+        assert [d.seq for d in taken.dropped] == [0]
+        assert _seqs(taken) == [("cam", 1)] and taken.frames[0].header.flags & Flag.RESUMED
 
 
 def test_live_streams_take_turns_when_a_worker_is_behind(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ fails, the whole frame is masked instead and flagged FULL_MASK; when even
 that fails, the frame is dropped and counted (the sequencer counts it lost).
 A worker that falls behind a live stream drops its older frames unseen
 (``Backlog``), so latency stays bounded; each drop is announced downstream.
+A worker with nothing to do says so (``Idle``): that is how the record stage
+tells a slow frame of a file from one that went down with a dead worker.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from anonstream.process import Channel, Finished, log_sampled
 from anonstream.stream.detections import Detections
 from anonstream.stream.masking import Masking, mask_whole_frame
 from anonstream.stream.transport import MAX_BACKLOG, POLL_MS, FrameReceiver, FrameSender
-from anonstream.stream.wire import Box, Dropped, EndOfStream, Flag, FrameHeader, FrameMessage, Stage
+from anonstream.stream.wire import Box, Dropped, EndOfStream, Flag, FrameHeader, FrameMessage, Idle, Stage
 from anonstream.workers.detectors import Detector, Frame, Prepared, make_detectors
 
 log = logging.getLogger(__name__)
@@ -145,6 +147,7 @@ class Taken:
     frames: list[FrameMessage]
     end: EndOfStream | None = None
     dropped: list[Dropped] = field(default_factory=list)
+    idle_at_ns: int = 0  # nothing taken: when the queues were found empty (time.monotonic_ns)
 
 
 class Backlog:
@@ -176,7 +179,8 @@ class Backlog:
 
         An end-of-stream closes the batch, so that it leaves after the frames
         received before it. Returns empty-handed after one poll interval of
-        quiet, so the caller can look at its stop flag.
+        quiet, so the caller can look at its stop flag, stamped with when the
+        queues were found empty.
         """
         self._receive(0)  # see what is queued before choosing, so stale live frames are dropped, not taken
         batch: list[FrameMessage] = []
@@ -196,7 +200,8 @@ class Backlog:
 
     def _taken(self, batch: list[FrameMessage], end: EndOfStream | None) -> Taken:
         dropped, self._dropped = self._dropped, []
-        return Taken(batch, end, dropped)
+        idle = 0 if batch or end or self._items else time.monotonic_ns()
+        return Taken(batch, end, dropped, idle)
 
     def _receive(self, timeout_ms: int) -> bool:
         """Receive what is queued, waiting up to ``timeout_ms`` for the first; False if nothing came."""
@@ -206,7 +211,8 @@ class Backlog:
             if message is None:
                 break
             received = True
-            assert not isinstance(message, Dropped)  # the worker's receiver accepts frames and ends only
+            assert isinstance(message, FrameMessage | EndOfStream)  # the worker's receiver accepts nothing else
+            log.debug("received %s", message.header.seq if isinstance(message, FrameMessage) else message)
             if isinstance(message, FrameMessage):
                 message.header.stamp(Stage.RECEIVED)
                 if message.header.flags & Flag.LIVE:
@@ -233,6 +239,10 @@ class Backlog:
         for here, there in pairwise(slots):
             self._items[here] = self._items[there]
         self._items[slots[-1]] = message
+        if oldest.header.flags & Flag.RESUMED:  # the first frame after an outage: the next one now starts the segment
+            successor = self._items[slots[0]]
+            assert isinstance(successor, FrameMessage)
+            successor.header.flags |= Flag.RESUMED
 
     def _pop(self) -> FrameMessage | EndOfStream:
         item = self._items.popleft()
@@ -289,6 +299,10 @@ class WorkerStage:
                         if result is not None:
                             sender.send(result, stop)
                     if taken.end is not None:
+                        log.debug("forwarding the end of stream %s", taken.end.stream)
                         sender.send(taken.end, stop)
+                    if taken.idle_at_ns:
+                        # After everything taken before: the record stage may now count missing frames lost.
+                        sender.send(Idle(self.number, taken.idle_at_ns), stop)
             counters = {**anonymizer.counters, "dropped": dropped, "rejected": receiver.rejected}
             channel.send(Finished(self.title, counters))

@@ -22,14 +22,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from anonstream.config import AnyDetector, RuntimeConfig
+from anonstream.config import GPU_BATCH, AnyDetector, RuntimeConfig
 from anonstream.errors import ModelError
 from anonstream.stream.detections import Detections
 from anonstream.stream.wire import to_bgr8
 from anonstream.workers.detectors.views import Frame, View, merge, plan
 from anonstream.workers.runtime import CPU, create_session
-
-GPU_BATCH = 8  # runtime.batch_size "auto" on a GPU (not yet measured); on the CPU batching gains little, then loses
 
 
 @dataclass(frozen=True, slots=True)
