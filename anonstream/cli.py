@@ -452,13 +452,18 @@ def _progress(console: Console, disable: bool) -> Progress:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block is done: an import interrupted halfway (onnxruntime's turns
-    the interruption into an ImportError) would end with a traceback instead of exit status 130."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    """Ctrl-C and SIGTERM take effect once the block is done: an import they interrupt halfway (onnxruntime
+    turns the interruption into an ImportError) would end with a traceback instead of exit status 130."""
+    requested: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda sig, _: requested.append(sig)) for sig in signals}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if requested:
+        raise KeyboardInterrupt
 
 
 def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool) -> int:
@@ -544,7 +549,8 @@ def _incomplete_files(settings: Settings, summary: RunSummary) -> list[str]:
         if classify(spec.uri) == "folder" and not stream.skipped:  # then frame k is the folder's k-th image
             with FolderSource(sid, spec.uri, settings.capture) as folder:
                 names = folder.names
-        lines.append(f"{sid}: {stream.lost} frame(s) lost (a worker died holding them): {lost_frames(stream, names)}")
+        missing = lost_frames(stream, names)
+        lines.append(f"{sid}: {stream.lost} frame(s) lost (sent, never recorded; see the log): {missing}")
     return lines
 
 

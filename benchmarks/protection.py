@@ -3,7 +3,9 @@
     python benchmarks/protection.py [DATASET] [--limit N] [--set KEY=VALUE ...] [--json FILE]
 
 DATASET is any folder with a gt.csv (image,x,y,w,h,label,ignore; see
-../shared/eval/README.md); the default is ../shared/eval/wider_dev. The images
+../shared/eval/README.md); the default is ../shared/eval/wider_dev. A gt.csv
+with no rows times every image in the folder (benchmarks/bigphotos.py makes
+large photos to run it on). The images
 are first decoded once into PNG files, so that both tools read the same pixels
 and write lossless output. Then, in the same run:
 - anonstream: `anonstream run --source <pngs> --record <out> --mask solid --stills`,
@@ -106,6 +108,9 @@ def read_ground_truth(dataset: Path, limit: int | None) -> dict[str, list[Box]]:
         for row in csv.DictReader(file):
             box = Box(int(row["x"]), int(row["y"]), int(row["w"]), int(row["h"]), row.get("ignore", "0") == "1")
             boxes[row["image"]].append(box)
+    if not boxes:  # nothing annotated (benchmarks/bigphotos.py's carpark): every image, for the wall time alone
+        images = (p for p in dataset.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+        boxes = {p.relative_to(dataset).as_posix(): [] for p in images}
     names = sorted(boxes)[:limit] if limit else sorted(boxes)
     return {name: boxes[name] for name in names}
 

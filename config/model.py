@@ -61,6 +61,7 @@ class Views(_Section):
     whole: bool = True
     max_side: int = Field(default=640, ge=0)
     tile_scale: float = Field(default=0.0, ge=0, le=4)
+    tiled_side: int = Field(default=0, ge=0)
     tile_size: int = Field(default=512, ge=32)
     tile_overlap: int = Field(default=64, ge=0)
     tiles: int = Field(default=0, ge=0)
@@ -129,9 +130,16 @@ class _DetectorSection(_Section):
             seen = [f"whole at {views.max_side or 'native'} px"] if views.whole else []
             if views.tile_scale:
                 count = f"{views.tiles} per frame" if views.tiles else "all"
-                seen.append(f"{count} tiles of {views.tile_size} px at {views.tile_scale:g}x")
+                cap = f" (at most {views.tiled_side} px across)" if views.tiled_side else ""
+                seen.append(f"{count} tiles of {views.tile_size} px at {views.tile_scale:g}x{cap}")
             parts.append(f"{kind}: {', '.join(seen)}")
         return "; ".join(parts)
+
+
+# Stills: the tiles look at a photo at tile_scale, but at most this many pixels on its longest side. A
+# 1024-px photo is tiled at 2x; a 4000-px one at about 0.5x: its faces, as large in proportion, are seen
+# as well, at a quarter of the cost (benchmarks/bigphotos.py and protection.py measure both).
+TILED_SIDE = 2048
 
 
 class CenterFaceConfig(_DetectorSection):
@@ -140,7 +148,7 @@ class CenterFaceConfig(_DetectorSection):
     family: Literal["centerface"] = "centerface"
     threshold: float = Field(default=0.11, gt=0, lt=1)
     mask_scale: Scale = (1.3, 1.3)
-    stills: Views = Views(tile_scale=2.0)
+    stills: Views = Views(tile_scale=2.0, tiled_side=TILED_SIDE)
 
     @property
     def classes(self) -> tuple[str, ...]:

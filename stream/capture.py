@@ -122,10 +122,15 @@ class CaptureStage:
             if stop.is_set():
                 reason = "stopped"
             end = EndOfStream(self.stream_id, frames=seq, dropped=dropped, skipped=source.skipped, reason=reason)
-            if not sender.send(end, _deadline(round(cfg.capture.linger_s * 1000))):
+            # A file's last frames may keep the workers busy for longer than linger_s, and a closing socket drops
+            # what it has not handed over by then: under the ledger it waits until the record stage has them all.
+            until = stop if window is not None else _deadline(round(cfg.capture.linger_s * 1000))
+            if not sender.send(end, until):
                 log.warning("%s: end of stream could not be delivered", self.stream_id)
             if self.ledger is not None:  # the stream ends even if its end of stream goes down with a worker
                 self.ledger.sent[self.slot] = seq
+            if window is not None:
+                window.drain(seq, stop)
             log.info(
                 "end of stream (%s): %d frames sent, %d dropped, %d undecodable", reason, seq, dropped, source.skipped
             )

@@ -78,6 +78,13 @@ class Window:
             if stop.wait(WAIT_S):
                 return False
 
+    def drain(self, frames: int, stop: threading.Event) -> bool:
+        """Block until the record stage is past all ``frames`` (recorded or counted lost); False if stopped first."""
+        while int(self.ledger.done[self.slot]) < frames:
+            if stop.wait(WAIT_S):
+                return False
+        return True
+
     def sent(self, seq: int, nbytes: int) -> None:
         self._flight.append((seq, nbytes))
         self._bytes += nbytes

@@ -54,8 +54,8 @@ class RecordStage:
         if cfg.record.dir is not None:
             ensure_output_dir(cfg.record.dir)
         frames, nbytes = cfg.in_flight
-        timeouts = cfg.sequencer.loss_timeout_s, cfg.record.drain_timeout_s
-        sequencer = Sequencer(timeouts[0], frames, nbytes, self.workers, idle_timeout_s=timeouts[1])
+        loss_timeout_s, idle_timeout_s = cfg.sequencer.loss_timeout_s, cfg.record.drain_timeout_s
+        sequencer = Sequencer(loss_timeout_s, frames, nbytes, self.workers, idle_timeout_s)
         recorders: dict[str, Recorder] = {}
         hold = _Hold(cfg)
         metrics: dict[str, StreamMetrics] = {name: StreamMetrics(name) for name in self.expect}

@@ -116,10 +116,12 @@ class Mp4Recorder(Recorder):
         path = self._segment_path()
         container_format = VIDEO_FORMATS.get(path.suffix.lower(), "mp4")
         # Fragmented: a fragment per keyframe, each written out at once, so that a file cut short by a
-        # crash or kill -9 plays up to its last complete fragment (at most keyframe_interval_s lost). The
-        # header waits for the first fragment (delay_moov), so that its edit lists keep where audio and
-        # video start: a file's audio that starts before its picture stays in sync.
-        flags = "frag_keyframe+delay_moov+default_base_moof"
+        # crash or kill -9 plays up to its last complete fragment (at most keyframe_interval_s lost). With
+        # audio, the header waits for the first fragment (delay_moov), so that its edit lists keep where
+        # audio and video start (a file's audio that starts before its picture stays in sync); a file cut
+        # short within its first fragment then does not play.
+        with_audio = self._source is not None and self._source.has_audio
+        flags = f"frag_keyframe+{'delay_moov' if with_audio else 'empty_moov'}+default_base_moof"
         fragmented = self.config.fragmented and container_format in ("mp4", "mov")
         options = {"movflags": flags, "flush_packets": "1"} if fragmented else {}
         try:
@@ -226,6 +228,10 @@ class _SourceExtras(Closing):
         self._in = self._audio.streams.audio[0]
         self._packets = (packet for packet in self._audio.demux(self._in) if _seconds(packet) is not None)
         self._next = next(self._packets, None)
+
+    @property
+    def has_audio(self) -> bool:
+        return self._in is not None
 
     def prepare(
         self, container: av.container.OutputContainer, video: av.video.stream.VideoStream, first: Fraction
@@ -360,6 +366,8 @@ def plan_outputs(sources: list[SourceSpec], config: RecordConfig) -> dict[str, O
             outputs[sid] = Output(config.dir / Path(spec.uri).name)
         else:
             outputs[sid] = Output(config.dir / f"{sid}.mp4", copy_from)
+        if sid in outputs and kind in ("file", "image") and outputs[sid].path.resolve() == Path(spec.uri).resolve():
+            raise ConfigError(f"{spec.uri} would be written over itself: choose another output")
     return outputs
 
 

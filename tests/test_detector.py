@@ -15,7 +15,7 @@ from anonstream.demo import ASTRONAUT_FACE, astronaut_bgr
 from anonstream.errors import DeviceError, ModelError
 from anonstream.stream.detections import Detections
 from anonstream.workers.detectors.centerface import CenterFace, decode
-from anonstream.workers.detectors.views import input_size, merge, nms, plan, tiles
+from anonstream.workers.detectors.views import View, input_size, merge, nms, plan, tile_scale, tiles
 from anonstream.workers.models import CENTERFACE, packaged_path
 from anonstream.workers.runtime import provider_chain
 from tests.conftest import face_detector
@@ -256,6 +256,49 @@ def test_no_tiles_where_the_whole_frame_pass_already_sees_native_resolution(
 ) -> None:
     assert tiles(height, width, Views(max_side=max_side, tile_scale=1.0)) == []
     assert tiles(1080, 1920, Views(tile_scale=0)) == []
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "scale"),
+    [(768, 1024, 2.0), (2304, 3072, 2048 / 3072), (3000, 4500, 2048 / 4500), (4500, 3000, 2048 / 4500)],
+)
+def test_a_large_photo_is_tiled_at_no_more_than_tiled_side(height: int, width: int, scale: float) -> None:
+    """Its faces are large in proportion: tiles see it at most tiled_side across, not at a fixed 2x."""
+    views = Views(tile_scale=2.0, tiled_side=2048)
+    assert tile_scale(height, width, views) == pytest.approx(scale)
+    found = tiles(height, width, views)
+    tiled = max(view.size[0] for view in found), max(view.size[1] for view in found)
+    assert max(tiled) <= 512  # tiles keep their size; there are fewer of them
+    assert sum(v.size[0] * v.size[1] for v in found) <= 2 * height * width * scale**2  # overlap costs under 2x
+    assert tile_scale(height, width, Views(tile_scale=2.0)) == 2.0  # tiled_side 0: no limit
+
+
+def test_no_tiles_where_the_limit_brings_them_down_to_the_whole_frame_pass() -> None:
+    assert tiles(8000, 12000, Views(max_side=640, tile_scale=2.0, tiled_side=640)) == []
+
+
+def test_a_photo_costs_no_more_to_tile_however_large_it_is() -> None:
+    """Tiled at most tiled_side across: a 30000-px panorama costs what a 2048-px photo does, and covers it all."""
+    views = Views(max_side=640, tile_scale=2.0, tiled_side=2048)
+    pixels = {}
+    for height, width in [(1536, 2048), (3000, 4000), (22500, 30000)]:
+        found = tiles(height, width, views)
+        pixels[width] = sum(v.size[0] * v.size[1] for v in found)
+        for side, spans in ((width, {v.region[::2] for v in found}), (height, {v.region[1::2] for v in found})):
+            covered = np.zeros(side, bool)  # the tiles are a grid: its columns and rows cover each side
+            for start, end in spans:
+                covered[start:end] = True
+            assert covered.all()
+    assert pixels[30000] <= pixels[4000] * 1.1 and pixels[4000] <= pixels[2048] * 1.1
+
+
+def test_a_tiny_photo_is_tiled_whole_at_tile_scale_and_the_limit_can_be_off() -> None:
+    views = Views(max_side=640, tile_scale=2.0, tiled_side=2048)
+    assert tiles(60, 80, views) == [View((0, 0, 80, 60), (128, 160), (60, 80))]  # one tile, at 2x
+    assert tiles(3000, 4000, views.model_copy(update={"tiled_side": 0})) == tiles(3000, 4000, Views(tile_scale=2.0))
+    assert tiles(3000, 4000, views.model_copy(update={"tile_scale": 0.0})) == []  # no tiles, whatever the limit
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        Views(tiled_side=-1)
 
 
 def test_video_frames_take_turns_over_the_tiles_and_stills_get_all() -> None:

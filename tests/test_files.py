@@ -142,13 +142,16 @@ def test_a_folder_run_refuses_to_replace_any_of_its_images(tmp_path: Path) -> No
         (["{src}", "-o", "{tmp}/both.mp4"], "names one output file, but 2 sources"),
         (["-o", "{tmp}/a.mp4", "--record", "{tmp}/out"], "either -o/--output FILE"),
         ([], "no output given: add -o FILE"),
+        (["-o", "{src}", "--overwrite"], "would be written over itself"),
     ],
 )
 def test_output_mistakes_are_one_clear_line(clip_path: Path, tmp_path: Path, args: list[str], message: str) -> None:
     args = [a.format(tmp=tmp_path, src=clip_path) for a in args]
+    before = clip_path.read_bytes()
     result = run_cli("run", str(clip_path), *args)
     assert result.returncode == 2
     assert message.format(tmp=tmp_path) in result.stderr
+    assert clip_path.read_bytes() == before
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "clip.mp4").exists()
 

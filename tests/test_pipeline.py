@@ -552,12 +552,14 @@ def _slow_and_quick_photos(folder: Path, slow: int, quick: int) -> list[str]:
 
 
 def test_a_slow_photo_is_never_lost_for_being_slow(tmp_path: Path) -> None:
-    """A photo that takes a worker far longer than the loss timeout still reaches the output, in order."""
+    """Photos that take a worker far longer than the loss timeout, and than the capture lingers once it has
+    read them all, still reach the output, in order."""
     photos = tmp_path / "photos"
-    names = _slow_and_quick_photos(photos, slow=1, quick=8)
+    names = _slow_and_quick_photos(photos, slow=3, quick=6)
     out, summary = tmp_path / "out", tmp_path / "summary.json"
     args = ["--source", str(photos), "--record", str(out), "--stills", "--detect", "faces", "--workers", "2"]
-    args += ["--summary-json", str(summary), "--set", "sequencer.loss_timeout_s=0.2"]
+    args += ["--summary-json", str(summary), "--set", "sequencer.loss_timeout_s=0.2", "--set", "capture.linger_s=0.2"]
+    args += ["--set", "transport.frame_hwm=1"]  # frames wait in the capture: its socket, closing, drops them
     result = run_cli("run", *args)
     assert result.returncode == 0, result.stderr
     stream = json.loads(summary.read_text())["streams"][0]

@@ -5,10 +5,11 @@ and plates are small, so each detector looks at a frame in up to two passes
 (``plan``), configured separately for stills and video (``Views``):
 - the whole frame, scaled so its longest side is at most ``max_side``
   (0: native size), unless ``whole`` is off;
-- the frame at ``tile_scale`` times its native resolution, cut into
-  overlapping tiles of at most ``tile_size`` pixels: all of them, or
-  ``tiles`` of them per frame in rotation (video). Tiles are skipped where
-  the whole-frame pass already looks at that resolution.
+- the frame at ``tile_scale`` times its native resolution, but no more than
+  ``tiled_side`` pixels on its longest side (a large photo's faces are
+  large too), cut into overlapping tiles of at most ``tile_size`` pixels:
+  all of them, or ``tiles`` of them per frame in rotation (video). Tiles
+  are skipped where the whole-frame pass already looks at that resolution.
 Every input keeps its region's aspect ratio, each side rounded up to a
 multiple of 32 as the networks require. Boxes from all passes are merged
 (``merge``) so that overlapping ones of one class become one box covering them all.
@@ -80,13 +81,20 @@ def _starts(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * step) for i in range(count)]
 
 
+def tile_scale(height: int, width: int, views: Views) -> float:
+    """The scale this frame is tiled at: ``tile_scale``, or less where that would exceed ``tiled_side``."""
+    if views.tiled_side and views.tile_scale:
+        return min(views.tile_scale, views.tiled_side / max(height, width))
+    return views.tile_scale
+
+
 def tiles(height: int, width: int, views: Views) -> list[View]:
     """The high-resolution tiles of a frame; empty when the whole-frame pass already sees that resolution."""
-    if views.tile_scale <= 0:
+    scale = tile_scale(height, width, views)
+    if scale <= 0:
         return []
-    if views.whole and input_size(height, width, views.max_side)[1] >= width * views.tile_scale:
+    if views.whole and input_size(height, width, views.max_side)[1] >= width * scale:
         return []
-    scale = views.tile_scale
     side = max(ALIGN, int(views.tile_size / scale))  # tile side in frame pixels
     overlap = int(views.tile_overlap / scale)
     found = []
