@@ -199,15 +199,23 @@ class FolderSource(Source):
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise SourceError(f"folder {uri!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        self._root = root
-        self._files = files
+        self._use(stream_id, uri, "folder", root, files, config)
+
+    def _use(
+        self, stream_id: str, uri: str, kind: SourceKind, root: Path, files: list[Path], config: CaptureConfig
+    ) -> None:
+        """Send ``files`` in this order, each named relative to ``root``, at ``capture.folder_fps``."""
+        self._root, self._files = root, files
         rate = Fraction(config.folder_fps).limit_denominator(1001)
-        self.info = SourceInfo(stream_id, "folder", uri, rate, 1 / rate, len(files), False)
+        self.info = SourceInfo(stream_id, kind, uri, rate, 1 / rate, len(files), False)
 
     @property
     def names(self) -> list[str]:
         """Each image's name relative to the folder, in the order they are sent."""
-        return [path.relative_to(self._root).as_posix() for path in self._files]
+        return [self._name(path) for path in self._files]
+
+    def _name(self, path: Path) -> str:
+        return path.relative_to(self._root).as_posix()
 
     def frames(self) -> Iterator[SourceFrame]:
         for index, path in enumerate(self._files):
@@ -216,7 +224,7 @@ class FolderSource(Source):
                 self.skipped += 1
                 log.warning("%s: skipped %s: not a readable image", self.info.stream_id, path)
                 continue
-            yield SourceFrame(pixels, index, index, path.relative_to(self._root).as_posix())
+            yield SourceFrame(pixels, index, index, self._name(path))
 
 
 class ImageSource(FolderSource):
@@ -226,10 +234,7 @@ class ImageSource(FolderSource):
         path = Path(uri)
         if not cv2.haveImageReader(os.fspath(path)):
             raise SourceError(f"image {uri!r} cannot be read: not an image OpenCV can decode, or damaged")
-        self._root = path.parent
-        self._files = [path]
-        rate = Fraction(config.folder_fps).limit_denominator(1001)
-        self.info = SourceInfo(stream_id, "image", uri, rate, 1 / rate, 1, False)
+        self._use(stream_id, uri, "image", path.parent, [path], config)
 
 
 class WebcamSource(Source):

@@ -191,6 +191,11 @@ def _titles(pids: set[int]) -> list[str]:
     return titles
 
 
+def _stage_pids(pid: int, role: str) -> list[int]:
+    """The children of ``pid`` running one kind of stage ("worker", "record", "capture"), by process title."""
+    return [child for child in _children(pid) if f"anonstream: {role}" in " ".join(_titles({child}))]
+
+
 def _survivors(pids: set[int], grace_s: float = 5.0) -> list[int]:
     """The processes still alive after a short grace period: an orphan stays, one that is exiting goes."""
     deadline = time.monotonic() + grace_s
@@ -322,7 +327,7 @@ def test_killed_recorder_leaves_a_playable_masked_file_and_no_process(tmp_path: 
         time.sleep(0.2)
     time.sleep(1.5)
     children = _children(process.pid)
-    recorders = [pid for pid in children if "anonstream: record" in " ".join(_titles({pid}))]
+    recorders = _stage_pids(process.pid, "record")
     assert len(recorders) == 1
     os.kill(recorders[0], signal.SIGKILL)
     _, stderr = process.communicate(timeout=60)
@@ -515,7 +520,7 @@ def test_killed_worker_is_restarted_and_nothing_leaks(tmp_path: Path) -> None:
     )
 
     def worker_pids() -> list[int]:
-        return [pid for pid in _children(process.pid) if "anonstream: worker" in " ".join(_titles({pid}))]
+        return _stage_pids(process.pid, "worker")
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (out / "long.mp4").exists():
@@ -581,7 +586,7 @@ def test_photos_a_killed_worker_held_are_named_and_the_run_fails(tmp_path: Path)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out / "photos").is_dir():
         time.sleep(0.1)
-    workers = [pid for pid in _children(process.pid) if "anonstream: worker" in " ".join(_titles({pid}))]
+    workers = _stage_pids(process.pid, "worker")
     os.kill(workers[0], signal.SIGKILL)
     _, stderr = process.communicate(timeout=240)
     assert process.returncode == 1, stderr
@@ -693,7 +698,7 @@ def test_a_camera_never_reached_says_so_and_fails(tmp_path: Path) -> None:
         text=True,
     )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any("capture" in t for t in _titles(_children(process.pid))):
+    while time.monotonic() < deadline and not _stage_pids(process.pid, "capture"):
         time.sleep(0.2)
     time.sleep(2)
     process.send_signal(signal.SIGINT)
