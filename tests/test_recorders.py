@@ -9,7 +9,7 @@ import pytest
 
 from anonstream.config import RecordConfig
 from anonstream.errors import NotAnonymizedError, WireError
-from anonstream.stream.recorders import ImageFolderRecorder, Mp4Recorder, NullRecorder, make_recorder
+from anonstream.stream.recorders import ImageFolderRecorder, ImageRecorder, Mp4Recorder, NullRecorder, make_recorder
 from anonstream.stream.wire import Flag, FrameHeader, FrameMessage, pixel_layout
 from tests.conftest import decode_video
 
@@ -33,12 +33,13 @@ def message(
     return FrameMessage(header, pixels)
 
 
-@pytest.mark.parametrize("recorder_kind", ["null", "mp4", "images"])
+@pytest.mark.parametrize("recorder_kind", ["null", "mp4", "images", "image"])
 def test_every_recorder_refuses_frames_not_anonymized(tmp_path: Path, recorder_kind: str) -> None:
     recorder = {
         "null": lambda: NullRecorder("s"),
         "mp4": lambda: Mp4Recorder("s", tmp_path / "s.mp4", RecordConfig()),
         "images": lambda: ImageFolderRecorder("s", tmp_path / "s", RecordConfig()),
+        "image": lambda: ImageRecorder("s", tmp_path / "s" / "a.png", RecordConfig()),
     }[recorder_kind]()
     with recorder, pytest.raises(NotAnonymizedError):
         recorder.write(message(0, np.zeros((16, 16, 3), np.uint8), flags=Flag.NONE, name="a.png"))
