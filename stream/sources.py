@@ -147,6 +147,7 @@ class VideoSource(Source):
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         live = kind == "network"
+        self._stall_s = config.stall_timeout_s if live else None
         rate = self._stream.average_rate or self._stream.guessed_rate or Fraction(30)
         time_base = LIVE_TIME_BASE if live else (self._stream.time_base or Fraction(1, 90000))
         self.info = SourceInfo(
@@ -158,12 +159,17 @@ class VideoSource(Source):
         start = time.monotonic()
         packets = self._container.demux(self._stream)
         while True:
+            asked = time.monotonic()
             try:
                 packet = next(packets)
             except StopIteration:
                 return
             except av.FFmpegError as exc:
                 raise SourceError(f"reading {redact(self.info.uri)!r} failed: {_no_uri(exc, self.info.uri)}") from None
+            if self._stall_s is not None and (waited := time.monotonic() - asked) >= self._stall_s:
+                # On its read timeout, FFmpeg's RTSP client may hand over a packet it held back instead of
+                # failing, and the connection then goes on: it stalled all the same, so it is reopened.
+                raise SourceError(f"no data for {waited:.1f} s (capture.stall_timeout_s)")
             try:
                 decoded = packet.decode()
             except av.FFmpegError as exc:
