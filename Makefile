@@ -5,7 +5,7 @@ PYTHON ?= python3
 .PHONY: install system-deps test lint typecheck pytest demo
 
 install:
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[cpu,test]"
 
 # Debian packages for the RTSP tests: GStreamer's RTSP server, driven by the system Python
 # (tests/rtsp_server.py). Installed only when missing; needs root or sudo.

@@ -31,6 +31,7 @@ from rich.text import Text
 from anonstream import __version__
 from anonstream.config import PRESETS, Settings, default_config_text, load_settings, nested, parse_assignment
 from anonstream.errors import AnonstreamError, ConfigError, RecorderError
+from anonstream.installation import check_installation
 from anonstream.process import Channel, Failed, Finished, Stage, name_process, run_stage
 from anonstream.stream.wire import MAX_WORKERS
 
@@ -513,7 +514,7 @@ def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool)
     lines = incomplete + [f"{sid}: never connected to {uri}" for sid, uri in never.items()]
     lines += [f"{failure.title}: {failure.message}" for failure in result.failures]  # last: why it stopped
     for line in lines:
-        console.print(f"[red]{line}[/red]", highlight=False, soft_wrap=True)
+        console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
     if result.interrupted:
         log.info("stopped on request; what was recorded until then is complete and playable")
     if result.summary is None:
@@ -582,13 +583,13 @@ def _demo(args: argparse.Namespace, overrides: list[dict[str, Any]], console: Co
         source = clip.write(args.out / "astronaut.mp4")
     except (OSError, av.FFmpegError) as exc:
         raise RecorderError(f"cannot write the example clip into {args.out}: {exc}") from None
-    console.print(f"example clip: {source} ({clip.frames} frames, {clip.width}x{clip.height})")
+    console.print(f"example clip: {source} ({clip.frames} frames, {clip.width}x{clip.height})", markup=False)
     output = args.out / "anonymized"
     # the demo's own folder: running it again replaces what it wrote last time
     overrides = [{"sources": [{"uri": str(source)}], "record": {"dir": str(output), "overwrite": True}}, *overrides]
     settings = load_settings(args.config, overrides)
     code = _run_pipeline(settings, console, level, args.quiet)
-    console.print(f"anonymized: {output / 'astronaut.mp4'}")
+    console.print(f"anonymized: {output / 'astronaut.mp4'}", markup=False)
     return code
 
 
@@ -621,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     level = _console_logging(console, args)
     try:
+        check_installation(runtime=args.command in ("run", "demo", "worker"))
         overrides = _overrides(args)
         if args.command == "demo":
             return _demo(args, overrides, console, level)
@@ -645,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return _run_role(RecordStage(settings.record.bind, settings, tuple(args.expect)))
     except AnonstreamError as exc:
-        console.print(f"[red]anonstream: error:[/red] {exc}", highlight=False, soft_wrap=True)
+        # the message is plain text: a path or a pip extra in brackets is not markup
+        console.print(Text.assemble(("anonstream: error: ", "red"), str(exc)), highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -5,6 +5,7 @@ status 2, so the message must say what was wrong and what to do about it.
 Anything else that escapes is a bug and keeps its traceback.
 
     AnonstreamError
+    ├── InstallError         the installed packages cannot work together (two ONNX Runtimes...)
     ├── ConfigError          bad config file, key or flag value
     ├── SourceError          a source that cannot be opened or read
     ├── ModelError           the ONNX model cannot be loaded or run
@@ -20,6 +21,10 @@ from __future__ import annotations
 
 class AnonstreamError(Exception):
     """Base class: an expected failure with a message meant for the user."""
+
+
+class InstallError(AnonstreamError):
+    """What pip installed cannot work: no ONNX Runtime, two of them, an OpenCV that cannot load."""
 
 
 class ConfigError(AnonstreamError):

@@ -435,6 +435,7 @@ def test_each_role_runs_on_its_own_over_tcp(clip: AstronautClip, clip_path: Path
         (["--source", "{clip}", "--max-side", "100"], "multiple of 32"),
         (["--source", "{clip}", "--config", "/nonexistent.toml"], "does not exist"),
         (["--source", "{clip}", "--model", "/nonexistent.onnx"], "does not exist"),
+        (["--source", "/nonexistent/[cam 1].mp4"], "'/nonexistent/[cam 1].mp4'"),  # brackets are text, not markup
         (["--source", "{clip}", "--model", "{text}"], "not a readable ONNX model"),
         (["--source", "{clip}", "--device", "cuda"], "--device cuda was requested"),
         (["--source", "{clip}", "--record", "{text}/sub"], "cannot create output folder"),

