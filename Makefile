@@ -4,8 +4,12 @@ PYTHON ?= python3
 
 .PHONY: install system-deps test lint typecheck pytest demo
 
+# The ONNX Runtime extra: [cpu], unless a GPU build (onnxruntime-gpu, or a Jetson's NVIDIA build) is
+# installed already: it runs on the CPU too, and a second runtime beside it would break both.
+EXTRAS = $(shell $(PYTHON) -m pip show -q onnxruntime-gpu >/dev/null 2>&1 && echo test || echo cpu,test)
+
 install:
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[cpu,test]"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
 
 # Debian packages for the RTSP tests: GStreamer's RTSP server, driven by the system Python
 # (tests/rtsp_server.py). Installed only when missing; needs root or sudo.
