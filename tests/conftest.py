@@ -58,6 +58,11 @@ def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str
     return subprocess.run(anonstream_cmd(*args), capture_output=True, text=True, timeout=timeout)
 
 
+def start_cli(*args: str, **popen: Any) -> subprocess.Popen[str]:
+    """`anonstream ARGS` in the background, its output captured as text (``popen``: env, start_new_session...)."""
+    return subprocess.Popen(anonstream_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Iterator[Path]:
     cwd = Path.cwd()

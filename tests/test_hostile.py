@@ -12,7 +12,6 @@ and in order, and both processes must live on and count what they rejected.
 from __future__ import annotations
 
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from hypothesis import strategies as st
 from anonstream.demo import AstronautClip, astronaut_bgr
 from anonstream.stream.transport import FrameSender
 from anonstream.stream.wire import EndOfStream, encode
-from tests.conftest import anonstream_cmd, decode_video, free_port, raw_frame
+from tests.conftest import decode_video, free_port, raw_frame, start_cli
 from tests.test_pipeline import assert_face_masked
 
 REAL = "real"
@@ -85,19 +84,9 @@ def _corpus(count: int) -> list[list[bytes]]:
 def test_real_frames_come_through_thousands_of_hostile_messages(tmp_path: Path) -> None:
     real_port, bad_port, rec_port = free_port(), free_port(), free_port()
     out = tmp_path / "out"
-    record = subprocess.Popen(
-        anonstream_cmd("record", "--bind", f"tcp://127.0.0.1:{rec_port}", "--record", str(out), "--expect", REAL),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    record = start_cli("record", "--bind", f"tcp://127.0.0.1:{rec_port}", "--record", str(out), "--expect", REAL)
     worker_args = ["--input", f"tcp://127.0.0.1:{real_port}", "--input", f"tcp://127.0.0.1:{bad_port}"]
-    worker = subprocess.Popen(
-        anonstream_cmd("worker", *worker_args, "--output", f"tcp://127.0.0.1:{rec_port}"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_cli("worker", *worker_args, "--output", f"tcp://127.0.0.1:{rec_port}")
     corpus = _corpus(GARBAGE)
     clip = AstronautClip(width=320, height=180, frames=FRAMES)
     photo = astronaut_bgr()

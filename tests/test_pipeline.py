@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from anonstream.demo import ASTRONAUT_FACE, AstronautClip, astronaut_bgr
-from tests.conftest import anonstream_cmd, constant_model, decode_video, free_port, run_cli
+from tests.conftest import anonstream_cmd, constant_model, decode_video, free_port, run_cli, start_cli
 from tests.test_detector import _small_face_scene, broken_model
 
 
@@ -210,12 +210,8 @@ def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, si
     """SIGTERM or Ctrl-C to anonstream, or SIGTERM to its whole process group (as systemd and `timeout` stop it)."""
     long_clip = AstronautClip(width=320, height=180, frames=300, fps=30).write(tmp_path / "long.mp4")
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        anonstream_cmd("run", "--source", str(long_clip), "--record", str(out), "--realtime", "--workers", "2"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    process = start_cli(
+        "run", "--source", str(long_clip), "--record", str(out), "--realtime", "--workers", "2", start_new_session=True
     )
     deadline = time.monotonic() + 60
     children: set[int] = set()
@@ -263,13 +259,7 @@ def test_sigterm_at_any_moment_of_start_up_exits_cleanly(clip_path: Path, tmp_pa
     runtime.mkdir()
     tag = f"{os.getpid()}-{delay_s}"
     env = os.environ | {"XDG_RUNTIME_DIR": str(runtime), "ANONSTREAM_TEST_TAG": tag}
-    process = subprocess.Popen(
-        anonstream_cmd("run", "--source", str(clip_path), "--record", str(tmp_path / "out"), "--realtime"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    process = start_cli("run", "--source", str(clip_path), "--record", str(tmp_path / "out"), "--realtime", env=env)
     time.sleep(delay_s)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
@@ -317,12 +307,7 @@ def test_killed_recorder_leaves_a_playable_masked_file_and_no_process(tmp_path: 
     clip = AstronautClip(width=320, height=180, frames=900, fps=30)
     source = clip.write(tmp_path / "long.mp4")
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        anonstream_cmd("run", "--source", str(source), "--record", str(out), "--workers", "2"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_cli("run", "--source", str(source), "--record", str(out), "--workers", "2")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (out / "long.mp4").exists():
         time.sleep(0.2)
@@ -386,24 +371,9 @@ def test_corrupt_packets_mid_video_are_skipped_and_counted(
 def test_each_role_runs_on_its_own_over_tcp(clip: AstronautClip, clip_path: Path, tmp_path: Path) -> None:
     cap, rec = free_port(), free_port()
     out = tmp_path / "out"
-    record = subprocess.Popen(
-        anonstream_cmd("record", "--bind", f"tcp://127.0.0.1:{rec}", "--record", str(out), "--expect", "astronaut"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    worker = subprocess.Popen(
-        anonstream_cmd("worker", "--input", f"tcp://127.0.0.1:{cap}", "--output", f"tcp://127.0.0.1:{rec}"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    capture = subprocess.Popen(
-        anonstream_cmd("capture", "--source", str(clip_path), "--bind", f"tcp://127.0.0.1:{cap}"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    record = start_cli("record", "--bind", f"tcp://127.0.0.1:{rec}", "--record", str(out), "--expect", "astronaut")
+    worker = start_cli("worker", "--input", f"tcp://127.0.0.1:{cap}", "--output", f"tcp://127.0.0.1:{rec}")
+    capture = start_cli("capture", "--source", str(clip_path), "--bind", f"tcp://127.0.0.1:{cap}")
     try:
         assert capture.wait(120) == 0, capture.stderr.read() if capture.stderr else ""
         record_out, record_err = record.communicate(timeout=120)
@@ -501,25 +471,8 @@ def test_killed_worker_is_restarted_and_nothing_leaks(tmp_path: Path) -> None:
     clip = AstronautClip(width=320, height=180, frames=240, fps=30)
     source = clip.write(tmp_path / "long.mp4")
     out, jsonl = tmp_path / "out", tmp_path / "m.jsonl"
-    process = subprocess.Popen(
-        anonstream_cmd(
-            "run",
-            "--source",
-            str(source),
-            "--record",
-            str(out),
-            "--realtime",
-            "--workers",
-            "2",
-            "--metrics-jsonl",
-            str(jsonl),
-            "--set",
-            "sequencer.loss_timeout_s=1",
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    args = ["--source", str(source), "--record", str(out), "--realtime", "--workers", "2"]
+    process = start_cli("run", *args, "--metrics-jsonl", str(jsonl), "--set", "sequencer.loss_timeout_s=1")
 
     def worker_pids() -> list[int]:
         return _stage_pids(process.pid, "worker")
@@ -579,12 +532,7 @@ def test_photos_a_killed_worker_held_are_named_and_the_run_fails(tmp_path: Path)
     photos = tmp_path / "photos"
     names = _slow_and_quick_photos(photos, slow=6, quick=0)
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        anonstream_cmd("run", "--source", str(photos), "--record", str(out), "--stills", "--detect", "faces"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_cli("run", "--source", str(photos), "--record", str(out), "--stills", "--detect", "faces")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out / "photos").is_dir():
         time.sleep(0.1)
@@ -626,12 +574,7 @@ def test_record_process_refuses_raw_frames_sent_to_it(tmp_path: Path) -> None:
 
     port = free_port()
     out = tmp_path / "out"
-    record = subprocess.Popen(
-        anonstream_cmd("record", "--bind", f"tcp://127.0.0.1:{port}", "--record", str(out), "--expect", "cam"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    record = start_cli("record", "--bind", f"tcp://127.0.0.1:{port}", "--record", str(out), "--expect", "cam")
     raw = np.random.default_rng(3).integers(0, 256, (64, 96, 3), dtype=np.uint8)
     with FrameSender().connect(f"tcp://127.0.0.1:{port}") as sender:
         for seq in range(3):
@@ -654,12 +597,7 @@ def test_record_process_caps_the_streams_a_stray_sender_can_open() -> None:
     from anonstream.stream.wire import Flag, FrameHeader, FrameMessage
 
     port = free_port()
-    record = subprocess.Popen(
-        anonstream_cmd("record", "--bind", f"tcp://127.0.0.1:{port}", "--record-format", "null"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    record = start_cli("record", "--bind", f"tcp://127.0.0.1:{port}", "--record-format", "null")
     pixels = np.zeros((8, 8, 3), np.uint8)
     extra = 20
     with FrameSender().connect(f"tcp://127.0.0.1:{port}") as sender:
@@ -693,12 +631,7 @@ def test_without_a_terminal_each_stream_logs_status_lines(tmp_path: Path) -> Non
 def test_a_camera_never_reached_says_so_and_fails(tmp_path: Path) -> None:
     """Not a table of zeros: the summary says the stream never connected, and the exit status is not 0."""
     url = f"rtsp://viewer:secret@127.0.0.1:{free_port()}/front"
-    process = subprocess.Popen(
-        anonstream_cmd("run", url, "--record", str(tmp_path / "out"), "--detect", "faces"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_cli("run", url, "--record", str(tmp_path / "out"), "--detect", "faces")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not _stage_pids(process.pid, "capture"):
         time.sleep(0.2)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import anonstream_cmd, decode_video, free_port
+from tests.conftest import decode_video, free_port, run_cli, start_cli
 
 SERVER = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # GStreamer's Python bindings come from Debian, not from pip
@@ -32,7 +32,7 @@ def rtsp_server(port: int) -> Iterator[subprocess.Popen[str]]:
 @contextmanager
 def anonstream_run(args: list[str]) -> Iterator[subprocess.Popen[str]]:
     """`anonstream run ARGS` in the background; killed if the test leaves before stopping it."""
-    run = subprocess.Popen(anonstream_cmd("run", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = start_cli("run", *args)
     try:
         yield run
     finally:
@@ -98,7 +98,7 @@ def test_rtsp_stream_comes_back_after_a_late_start_a_drop_and_a_stall(tmp_path: 
 def test_a_stream_that_never_comes_up_is_given_up_when_asked(tmp_path: Path) -> None:
     source = f"rtsp://127.0.0.1:{free_port()}/cam"
     args = ["--source", source, "--record", str(tmp_path / "out"), "--set", "capture.give_up_s=2"]
-    result = subprocess.run(anonstream_cmd("run", *args), capture_output=True, text=True, timeout=120)
+    result = run_cli("run", *args, timeout=120)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.count("reconnecting in") >= 2  # it did try again, with backoff, before giving up
