@@ -86,15 +86,16 @@ def _fake_install(site: Path, module: str, *distributions: tuple[str, str]) -> N
         (info / "RECORD").write_text(f"{module}/__init__.py,,\n{info.name}/METADATA,,\n")
 
 
-def _run_with(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run_with(site: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """``command`` with ``site`` first on the path, as a --target folder on PYTHONPATH would be."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.fspath(site), os.fspath(ROOT)])}
-    return subprocess.run(anonstream_cmd(*args), capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_two_onnx_runtimes_installed_at_once_is_one_clear_line_at_start(tmp_path: Path, clip_path: Path) -> None:
     site = tmp_path / "site"
     _fake_install(site, "onnxruntime", ("onnxruntime", "1.32.0"), ("onnxruntime-gpu", "1.31.1"))
-    result = _run_with(site, "run", os.fspath(clip_path), "-o", os.fspath(tmp_path / "out.mp4"))
+    result = _run_with(site, anonstream_cmd("run", os.fspath(clip_path), "-o", os.fspath(tmp_path / "out.mp4")))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -111,8 +112,7 @@ def test_a_runtime_in_a_folder_of_its_own_is_not_a_conflict(tmp_path: Path) -> N
     site = tmp_path / "site"
     _fake_install(site, "onnxruntime", ("onnxruntime-gpu", "1.31.1"))
     code = "from anonstream.installation import *; check_runtime(); print(builds_of(RUNTIME_MODULE))"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.fspath(site), os.fspath(ROOT)])}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    result = _run_with(site, [sys.executable, "-c", code])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "{'onnxruntime-gpu': '1.31.1'}"  # the one Python imports
     assert len(builds_of(RUNTIME_MODULE)) == 1  # and here, the test environment's own
@@ -121,7 +121,7 @@ def test_a_runtime_in_a_folder_of_its_own_is_not_a_conflict(tmp_path: Path) -> N
 def test_two_opencv_releases_writing_one_cv2_are_one_clear_line_at_start(tmp_path: Path) -> None:
     site = tmp_path / "site"
     _fake_install(site, "cv2", ("opencv-python-headless", "5.0.0.93"), ("opencv-contrib-python", "4.9.0.80"))
-    result = _run_with(site, "models")
+    result = _run_with(site, anonstream_cmd("models"))
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip()
     assert "opencv-contrib-python 4.9.0.80 and opencv-python-headless 5.0.0.93" in line, line
