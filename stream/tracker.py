@@ -4,49 +4,105 @@ Detectors miss faces for a frame or two (motion blur, a turned head, a small
 face between two looks of the rotating high-resolution tiles). Workers are
 stateless, so this runs where each stream is in order again: in the record
 stage, after the sequencer. Each face or plate detected becomes a track of
-its class; while it is not detected again, its mask stays for
-``hold_frames`` frames, moves with its estimated velocity (for ``COAST``
-frames at most) and grows, since where it is becomes less certain the longer
-it is unseen. Detections continue tracks of their own class only, and each
-class has its own hold (``tracker.by_class``).
+its class, and while it is not detected again its mask holds for
+``hold_frames`` frames. What a held mask may do is bounded, because a mask
+that wanders is worse than none (it hides the wrong thing and shows the
+right one):
+- it moves only with a velocity measured from ``VELOCITY_SIGHTINGS`` sightings
+  or more, for ``COAST`` frames at most;
+- it grows with the time unseen, to at most ``max_growth`` times the size last
+  detected, and it stays in the frame (a track that leaves the frame ends);
+- a track starts only from a detection scored ``confirm_score`` or more; a
+  weak detection continues a track but never starts one (two rounds of
+  matching, as in ByteTrack), so a weak false detection (a flare, a pattern)
+  is masked where it is found and never coasts on;
+- a held mask is never shown beside a detection that overlaps it: the
+  detection already covers the object, so the track is that detection's or
+  a duplicate, never a ghost standing next to it.
+Detections continue tracks of their own class only, and each class has its
+own settings (``tracker.by_class``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from anonstream.config import TrackerConfig
+from anonstream.config import TrackerConfig, TrackerStyle
 from anonstream.stream.detections import Detections, iou_matrix
 
-SMOOTHING = 0.5  # weight of the newest displacement in the velocity estimate
-COAST = 5  # frames a held mask keeps moving at the last velocity; after that it stays and only grows
-
-
-@dataclass
-class Track:
-    label: str
-    box: np.ndarray  # x1, y1, x2, y2 where it was last detected
-    velocity: np.ndarray  # centre displacement per frame, x and y
-    seen: int  # seq of the frame it was last detected in
-
-    def predicted(self, seq: int, grow: float) -> np.ndarray:
-        """Where the face should be at frame ``seq``: moved on, and grown by how uncertain that is.
-
-        The box grows with the time unseen, and along each axis by half the
-        distance the prediction moved it: a face that turns or stops makes
-        a constant-velocity guess wrong by about that much.
-        """
-        since = seq - self.seen
-        moved = self.velocity * min(since, COAST)
-        centre = (self.box[:2] + self.box[2:]) / 2 + moved
-        half = (self.box[2:] - self.box[:2]) / 2 * (1 + grow * since) + np.abs(moved) / 2
-        return np.concatenate([centre - half, centre + half])
+COAST = 5  # frames a held mask keeps moving at the measured velocity; after that it stays and only grows
+VELOCITY_SIGHTINGS = 3  # sightings needed before a track has a velocity: two can be one detection's jitter
+HISTORY = 6  # sightings the velocity is fitted to
+MAX_SPEED = 0.5  # fastest plausible motion, in track sizes per frame; a faster "velocity" is noise
+PART_OF = 0.5  # an unmatched detection this much inside a matched one of its class is a part of it, not a new track
+OVERLAPS = 0.1  # share of the smaller box: a held box overlapping a detection this much is covered by it
 
 
 def _size(boxes: np.ndarray) -> np.ndarray:
     return np.asarray(np.sqrt(np.prod(np.maximum(boxes[:, 2:] - boxes[:, :2], 1e-9), axis=1)))
+
+
+def _centre(box: np.ndarray) -> np.ndarray:
+    return np.asarray((box[:2] + box[2:]) / 2)
+
+
+def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection of every box in ``a`` with every box in ``b``, as a share of the smaller of the two."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return np.asarray(inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-9))
+
+
+@dataclass(eq=False)  # a track is itself, not its values: removed by identity
+class Track:
+    label: str
+    box: np.ndarray  # x1, y1, x2, y2 where it was last detected
+    seen: int  # seq of the frame it was last detected in
+    sightings: deque[tuple[int, np.ndarray]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+
+    def __post_init__(self) -> None:
+        self.sightings.append((self.seen, _centre(self.box)))
+
+    def velocity(self) -> np.ndarray:
+        """Centre displacement per frame, fitted to the last sightings; none until there are enough of them."""
+        if len(self.sightings) < VELOCITY_SIGHTINGS:
+            return np.zeros(2)
+        seqs = np.array([seq for seq, _ in self.sightings], np.float64)
+        centres = np.array([c for _, c in self.sightings])
+        t = seqs - seqs.mean()
+        velocity = (t[:, None] * (centres - centres.mean(axis=0))).sum(axis=0) / max((t * t).sum(), 1e-9)
+        speed = float(np.linalg.norm(velocity))
+        limit = MAX_SPEED * float(_size(self.box[None])[0])
+        return np.asarray(velocity * (limit / speed) if speed > limit else velocity)
+
+    def predicted(self, seq: int, style: TrackerStyle) -> np.ndarray:
+        """Where the object should be at frame ``seq``: moved on, and grown by how uncertain that is.
+
+        The box grows with the time unseen, and along each axis by half the
+        distance the prediction moved it (a face that turns or stops makes a
+        constant-velocity guess wrong by about that much), but never beyond
+        ``max_growth`` times the size it was last detected at.
+        """
+        since = seq - self.seen
+        moved = self.velocity() * min(since, COAST)
+        half = (self.box[2:] - self.box[:2]) / 2
+        grown = half * (1 + style.grow * since) + np.abs(moved) / 2
+        centre = _centre(self.box) + moved
+        half = np.minimum(grown, half * style.max_growth)
+        return np.concatenate([centre - half, centre + half])
+
+    def follow(self, box: np.ndarray, seq: int) -> None:
+        self.box = box.astype(np.float64)
+        self.seen = seq
+        self.sightings.append((seq, _centre(self.box)))
 
 
 def affinity(tracks: np.ndarray, last: np.ndarray, found: np.ndarray, min_iou: float) -> np.ndarray:
@@ -93,38 +149,70 @@ class Tracker:
         held = []
         for label in sorted({t.label for t in self.tracks} | set(detected.classes())):
             if self.config.style(label).hold_frames:
-                held.append(
-                    Detections.of(label, self._update_class(label, seq, detected.boxes[detected.labels == label]))
-                )
+                held.append(Detections.of(label, self._update_class(label, seq, detected[detected.labels == label])))
         return Detections.concat(held)
 
-    def _update_class(self, label: str, seq: int, detected: np.ndarray) -> np.ndarray:
+    def _update_class(self, label: str, seq: int, detected: Detections) -> np.ndarray:
         style = self.config.style(label)
         tracks = [t for t in self.tracks if t.label == label]
-        predicted = np.array([t.predicted(seq, style.grow) for t in tracks]).reshape(-1, 4)
-        matched_tracks: set[int] = set()
-        matched_boxes: set[int] = set()
-        if len(predicted) and len(detected):
-            last = np.array([t.box for t in tracks])
-            score = affinity(predicted, last, detected, style.match_iou)
-            for flat in np.argsort(-score, axis=None):
-                t, d = divmod(int(flat), len(detected))
-                if score[t, d] <= 0:
-                    break
-                if t in matched_tracks or d in matched_boxes:
-                    continue
-                matched_tracks.add(t)
-                matched_boxes.add(d)
-                self._follow(tracks[t], detected[d], seq)
-        held = [predicted[i] for i in range(len(tracks)) if i not in matched_tracks]
-        for d in range(len(detected)):
-            if d not in matched_boxes:
-                self.tracks.append(Track(label, detected[d].astype(np.float64), np.zeros(2), seq))
+        predicted = np.array([t.predicted(seq, style) for t in tracks]).reshape(-1, 4)
+        found, scores = detected.boxes, detected.scores
+        strong = scores >= style.confirm_score
+        matched: dict[int, int] = {}  # track -> detection
+        # Confident detections first, then weak ones for the tracks left (ByteTrack's two rounds): a weak
+        # detection continues a track, it never starts one.
+        for group in (np.flatnonzero(strong), np.flatnonzero(~strong)):
+            self._associate(tracks, predicted, found, group, matched, style)
+        for t, d in matched.items():
+            tracks[t].follow(found[d], seq)
+        taken = found[list(matched.values())]
+        for new in (int(d) for d in np.flatnonzero(strong) if d not in matched.values()):
+            # A detection overlapping another that continued a track is a part of that object (a plate's
+            # text split in two, a second box on one face): it starts no track of its own.
+            if len(taken) and (overlap_of_smaller(found[new : new + 1], taken) >= PART_OF).any():
+                continue
+            self.tracks.append(Track(label, found[new].astype(np.float64), seq))
+        height, width = self._shape[:2]
+        held = []
+        for i, track in enumerate(tracks):
+            if i in matched:
+                continue
+            box = predicted[i]
+            centre = _centre(box)
+            if not (0 <= centre[0] < width and 0 <= centre[1] < height):
+                self.tracks.remove(track)  # it left the frame: nothing of it is there to hide
+                continue
+            if strong.any() and (overlap_of_smaller(box[None], found[strong]) >= OVERLAPS).any():
+                # Covered by a confident detection that continued another track: a duplicate of that object.
+                self.tracks.remove(track)
+                continue
+            held.append(np.clip(box, 0, [width, height, width, height]))
         return np.asarray(held, np.float32).reshape(-1, 4)
 
     @staticmethod
-    def _follow(track: Track, box: np.ndarray, seq: int) -> None:
-        step = (box[:2] + box[2:]) / 2 - (track.box[:2] + track.box[2:]) / 2
-        track.velocity = SMOOTHING * step / max(1, seq - track.seen) + (1 - SMOOTHING) * track.velocity
-        track.box = box.astype(np.float64)
-        track.seen = seq
+    def _associate(
+        tracks: list[Track],
+        predicted: np.ndarray,
+        found: np.ndarray,
+        group: np.ndarray,
+        matched: dict[int, int],
+        style: TrackerStyle,
+    ) -> None:
+        """Match the detections ``group`` to the tracks not matched yet, best affinity first."""
+        free = [t for t in range(len(tracks)) if t not in matched]
+        if not free or not len(group):
+            return
+        last = np.array([tracks[t].box for t in free])
+        score = affinity(predicted[free], last, found[group], style.match_iou)
+        # a track the prediction lost (a jump, a change of size) still takes a detection overlapping it
+        share = overlap_of_smaller(predicted[free], found[group])
+        score = np.where((score <= 0) & (share >= OVERLAPS), 1e-3 * share, score)
+        used: set[int] = set()
+        for flat in np.argsort(-score, axis=None):
+            i, j = divmod(int(flat), len(group))
+            if score[i, j] <= 0:
+                break
+            if free[i] in matched or j in used:
+                continue
+            matched[free[i]] = int(group[j])
+            used.add(j)

@@ -90,7 +90,7 @@ def test_decode_places_a_peak_at_its_cell() -> None:
     heat[0, 2, 3] = 0.9
     scale = np.full((2, 8, 8), np.log(16 / 4), np.float32)  # 16 px boxes
     offset = np.zeros((2, 8, 8), np.float32)
-    found = decode(heat, scale, offset, threshold=0.5, iou=0.3)
+    found = decode(heat, scale, offset, threshold=0.5, iou=0.3, large_threshold=0.5)
     assert found.boxes.tolist() == [[6.0, 2.0, 22.0, 18.0]]
     assert found.labels.tolist() == ["face"]
 
@@ -355,3 +355,15 @@ def test_tiles_in_one_batch_find_what_they_find_one_by_one() -> None:
     for other in results[1:]:
         np.testing.assert_allclose(other.boxes, results[0].boxes, atol=0.05)
         np.testing.assert_allclose(other.scores, results[0].scores, atol=1e-4)
+
+
+def test_a_large_box_needs_a_higher_score_than_a_small_one() -> None:
+    """The car park's flare: a large, weakly scored box is no face; a small face at that score is kept."""
+    heat = np.zeros((1, 64, 64), np.float32)
+    heat[0, 10, 10] = heat[0, 40, 40] = 0.29
+    scale = np.full((2, 64, 64), np.log(16 / 4), np.float32)  # 16 px boxes
+    scale[:, 40, 40] = np.log(120 / 4)  # but a 120 px one at (40, 40)
+    offset = np.zeros((2, 64, 64), np.float32)
+    found = decode(heat, scale, offset, threshold=0.11, iou=0.3, large_threshold=0.4)
+    assert found.boxes.tolist() == [[34.0, 34.0, 50.0, 50.0]]
+    assert len(decode(heat, scale, offset, threshold=0.11, iou=0.3, large_threshold=0.11)) == 2  # the rule off

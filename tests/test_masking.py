@@ -177,3 +177,14 @@ def test_whole_frame_mask_handles_tiny_frames(shape: tuple[int, ...]) -> None:
     if shape[:2] != (1, 1):
         assert not np.array_equal(hidden, image)
         assert len(np.unique(hidden.reshape(-1, shape[2] if len(shape) == 3 else 1), axis=0)) <= WHOLE_FRAME_BLOCKS**2
+
+
+def test_a_face_mask_is_widened_to_the_head() -> None:
+    """A face seen from the side is half as wide as the head it is on: min_aspect widens the mask, not its height."""
+    image = np.full((100, 200, 3), 200, np.uint8)
+    side_face = Detections.of("face", np.array([[90, 20, 110, 60]], np.float32))  # 20 wide, 40 high
+    config = MaskConfig.model_validate({"mode": "solid", "by_class": {"face": {"min_aspect": 1.0}}})
+    Masking(config).apply(image, side_face)
+    masked = np.argwhere((image == 0).all(axis=2))
+    assert masked[:, 1].min() == 80 and masked[:, 1].max() == 119  # 40 wide, around the face's centre
+    assert masked[:, 0].min() == 20 and masked[:, 0].max() == 59  # as high as before

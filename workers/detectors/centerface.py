@@ -26,6 +26,17 @@ from anonstream.workers.runtime import read_model
 
 STRIDE = 4  # CenterFace's output maps are a quarter of its input
 LABEL = "face"
+# Sizes (sqrt of the area, in detector-input pixels) between which the score a face needs rises from
+# ``threshold`` to ``large_threshold``, evenly in log size: a small face is a hard, low-scored find worth a
+# mask, while a box this large with a low score is a flare or a patch of sky (real faces that large score
+# high), and a large false mask costs a large part of the picture.
+SMALL_FACE, LARGE_FACE = 32.0, 128.0
+
+
+def size_threshold(sizes: np.ndarray, threshold: float, large_threshold: float) -> np.ndarray:
+    """The score each box needs, by its size in detector-input pixels."""
+    rise = np.clip(np.log2(np.maximum(sizes, 1e-9) / SMALL_FACE) / np.log2(LARGE_FACE / SMALL_FACE), 0, 1)
+    return np.asarray(threshold + (max(threshold, large_threshold) - threshold) * rise)
 
 
 def dynamic_shapes(model: onnx.ModelProto, path: Path) -> bytes:
@@ -54,7 +65,9 @@ def dynamic_shapes(model: onnx.ModelProto, path: Path) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def decode(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, threshold: float, iou: float) -> Detections:
+def decode(
+    heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, threshold: float, iou: float, large_threshold: float
+) -> Detections:
     """CenterFace maps for one image (C x h x w each) to boxes in detector-input pixels."""
     ys, xs = np.nonzero(heatmap[0] > threshold)
     if ys.size == 0:
@@ -65,6 +78,8 @@ def decode(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, threshold
     cx = (xs + offset[1, ys, xs] + 0.5) * STRIDE
     boxes = np.stack([cx - widths / 2, cy - heights / 2, cx + widths / 2, cy + heights / 2], axis=1)
     scores = heatmap[0, ys, xs]
+    enough = scores > size_threshold(np.sqrt(heights * widths), threshold, large_threshold)
+    boxes, scores = boxes[enough], scores[enough]
     keep = nms(boxes, scores, iou)
     return Detections.of(LABEL, boxes[keep], scores[keep])
 
@@ -104,4 +119,7 @@ class CenterFace(OnnxDetector):
                 f"match CenterFace's (1 and 2 channels at {expected})"
             )
         cfg = self.config
-        return [decode(heatmap[i], scale[i], offset[i], cfg.threshold, cfg.nms_iou) for i in range(len(views))]
+        return [
+            decode(heatmap[i], scale[i], offset[i], cfg.threshold, cfg.nms_iou, cfg.large_threshold)
+            for i in range(len(views))
+        ]
