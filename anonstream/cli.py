@@ -110,7 +110,11 @@ def _detector_flags(parser: argparse.ArgumentParser) -> None:
         "--model", type=Path, metavar="FILE", help="detectors.faces.model: a CenterFace-compatible ONNX file"
     )
     g.add_argument(
-        "--threshold", type=float, metavar="T", help="detectors.faces.threshold: minimum face score (default 0.11)"
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="detectors.faces.threshold: minimum score of a small face (default 0.11); larger faces need more, "
+        "up to detectors.faces.large_threshold (0.4)",
     )
     g.add_argument(
         "--max-side",

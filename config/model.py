@@ -271,6 +271,9 @@ class TrackerConfig(TrackerStyle):
         return self.by_class.get(label, self)
 
 
+FACE_MIN_ASPECT = 0.8  # a face seen from the side is masked as wide as a face seen from the front, of its height
+
+
 class MaskConfig(MaskStyle):
     """How masked regions look: one style for all, and per-class differences."""
 
@@ -279,7 +282,7 @@ class MaskConfig(MaskStyle):
     @model_validator(mode="before")
     @classmethod
     def _inherit(cls, data: object) -> object:
-        return _inherit_by_class(data, MaskStyle, {})
+        return _inherit_by_class(data, MaskStyle, {"face": {"min_aspect": FACE_MIN_ASPECT}})
 
     def style(self, label: str) -> MaskStyle:
         return self.by_class.get(label, self)
