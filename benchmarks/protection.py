@@ -22,7 +22,10 @@ ignore=1 are not counted, and a mask on them is not over-masking. Over-masking
 is the share of all pixels that changed outside every box grown by a quarter
 of its size on each side. Of the boxes that leaked, those with at least a
 fifth of their pixels changed are counted as "partly masked": found, but
-masked too small. The table goes to the terminal, the figures to JSON
+masked too small. With --sequence, the runs of consecutive frames that leak
+are counted too, and of frames not masked at all (under a fifth: a head
+turned away that no mask followed), besides the tracker's ghost boxes. The
+table goes to the terminal, the figures to JSON
 (default benchmarks/results/protection-<dataset>.json).
 """
 
@@ -99,6 +102,11 @@ class Score:
     # the images with the most leaked boxes, to look at
     worst: list[tuple[str, int]] = field(default_factory=list)
     tracking: dict[str, Any] = field(default_factory=dict)  # --sequence: ghost boxes and held-box growth
+    # --sequence: consecutive frames (images in name order) where a box leaked, or was not masked at all
+    # (under PARTLY_AT: a head turned away that nothing followed), the longest of each
+    longest_leak_run: int = 0
+    unmasked_frames: int = 0
+    longest_unmasked_run: int = 0
 
     def share(self, label: str) -> float | None:
         return self.protected[label] / self.counted[label] if self.counted[label] else None
@@ -190,6 +198,7 @@ def score(
     tolerance: int,
 ) -> Score:
     result = Score(tool, command, measured.wall_s, measured.cpu_s, images=len(inputs))
+    leak_run = unmasked_run = 0
     for name, boxes in truth.items():
         original = cv2.imread(str(inputs[name]), cv2.IMREAD_COLOR)
         anonymized = cv2.imread(str(outputs[name]), cv2.IMREAD_COLOR) if outputs[name].is_file() else None
@@ -201,7 +210,7 @@ def score(
         changed = (cv2.absdiff(anonymized, original) > tolerance).any(axis=2)
         height, width = changed.shape
         allowed = np.zeros_like(changed)
-        leaked = 0
+        leaked = unmasked = 0
         for box in boxes:
             dx, dy = round(box.w * GROW), round(box.h * GROW)
             allowed[
@@ -218,6 +227,12 @@ def score(
                 result.protected[label] += int(hidden)
                 result.partly[label] += int(PARTLY_AT <= share < PROTECTED_AT)
             leaked += int(not hidden)
+            unmasked += int(share < PARTLY_AT)
+        leak_run = leak_run + 1 if leaked else 0
+        unmasked_run = unmasked_run + 1 if unmasked else 0
+        result.longest_leak_run = max(result.longest_leak_run, leak_run)
+        result.longest_unmasked_run = max(result.longest_unmasked_run, unmasked_run)
+        result.unmasked_frames += int(unmasked > 0)
         result.over_pixels += int((changed & ~allowed).sum())
         result.total_pixels += changed.size
         if leaked:
@@ -243,6 +258,9 @@ def render(scores: list[Score], dataset: Path, info: dict[str, object], sequence
         table.add_row("held boxes", "", *(str(s.tracking.get("held_boxes", "-")) for s in scores))
         ghosts = (str(s.tracking.get("ghost_boxes", "-")) for s in scores)
         table.add_row("ghost boxes (held beside a detection)", "", *ghosts)
+        table.add_row("longest run of frames leaking", "", *(str(s.longest_leak_run) for s in scores))
+        table.add_row("frames not masked at all", "", *(str(s.unmasked_frames) for s in scores))
+        table.add_row("longest run not masked at all", "", *(str(s.longest_unmasked_run) for s in scores))
     table.add_row("wall s (whole command)", "", *(f"{s.wall_s:.1f}" for s in scores))
     return table
 

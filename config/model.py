@@ -223,6 +223,7 @@ class TrackerStyle(_Section):
     max_growth: float = Field(default=1.5, ge=1, le=4)
     match_iou: float = Field(default=0.2, gt=0, le=1)
     confirm_score: float = Field(default=0.5, gt=0, le=1)
+    follow_frames: int = Field(default=45, ge=0)
 
 
 class MaskStyle(_Section):

@@ -200,7 +200,8 @@ class _Hold:
             return message, Detections.empty()
         tracker = self.trackers.setdefault(header.stream, Tracker(self.settings.tracker))
         detected = Detections.from_wire(header.boxes)
-        held = tracker.update(header.seq, header.shape, detected, blind=bool(header.flags & Flag.FULL_MASK))
+        blind = bool(header.flags & Flag.FULL_MASK)
+        held = tracker.update(header.seq, header.shape, detected, blind=blind, image=message.pixels)
         if not len(held):
             return message, held
         pixels = message.pixels if message.pixels.flags.writeable else message.pixels.copy()

@@ -19,6 +19,13 @@ right one):
 - a held mask is never shown beside a detection that overlaps it: the
   detection already covers the object, so the track is that detection's or
   a duplicate, never a ghost standing next to it.
+A head that turns away has no face to detect, but it is still there. So a held
+mask also follows the image inside it from one frame to the next (template
+matching, ``Appearance``), and while that image is still found, textured, the
+hold goes on for up to ``follow_frames`` frames after ``hold_frames``; once it
+is lost (the person left, or the box shows sky or a wall), the hold ends as
+before. The images are the record stage's frames before the held masks are
+drawn: they never leave the process.
 Detections continue tracks of their own class only, and each class has its
 own settings (``tracker.by_class``).
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from anonstream.config import TrackerConfig, TrackerStyle
@@ -39,6 +47,10 @@ HISTORY = 6  # sightings the velocity is fitted to
 MAX_SPEED = 0.5  # fastest plausible motion, in track sizes per frame; a faster "velocity" is noise
 PART_OF = 0.5  # an unmatched detection this much inside a matched one of its class is a part of it, not a new track
 OVERLAPS = 0.1  # share of the smaller box: a held box overlapping a detection this much is covered by it
+FOLLOW_SIDE = 32  # a held box's image is compared at this size (longest side): the shape of a head, not its detail
+FOLLOW_MATCH = 0.7  # normalized correlation with the previous frame's image that says it is still there
+FOLLOW_TEXTURE = 6.0  # grey-level spread under which an image is flat (sky, a wall, a flare): nothing to follow
+FOLLOW_SEARCH = 0.5  # the image is looked for within this share of the box's size around where it was
 
 
 def _size(boxes: np.ndarray) -> np.ndarray:
@@ -61,12 +73,71 @@ def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-9))
 
 
+def _grey(image: np.ndarray, box: np.ndarray, scale: float) -> np.ndarray:
+    """The region ``box`` (whole pixels) of ``image``, grey, scaled by ``scale``."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    crop = image[y1:y2, x1:x2]
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
+    # by fx and fy, not to a rounded size: then a position in the small image is exactly ``scale`` times the frame's
+    return np.asarray(cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
+
+
+@dataclass(eq=False)
+class Appearance:
+    """What a held box showed in the frame it was last held in, to find it again in the next one."""
+
+    patch: np.ndarray  # grey, scaled by ``scale``
+    box: np.ndarray  # where it was taken, whole frame pixels
+    scale: float
+
+    @classmethod
+    def take(cls, image: np.ndarray, box: np.ndarray) -> Appearance | None:
+        """The image inside ``box`` (within the frame); None when it is too small or flat to follow."""
+        whole = np.round(box)
+        width, height = whole[2:] - whole[:2]
+        if min(width, height) < 4:
+            return None
+        scale = FOLLOW_SIDE / max(width, height)
+        patch = _grey(image, whole, scale)
+        return cls(patch, whole, scale) if float(patch.std()) >= FOLLOW_TEXTURE else None
+
+    def find(self, image: np.ndarray) -> np.ndarray | None:
+        """How far the image moved (x, y, frame pixels) since it was taken; None where it is no longer found."""
+        height, width = image.shape[:2]
+        margin = FOLLOW_SEARCH * (self.box[2:] - self.box[:2])
+        start = np.floor(np.maximum(self.box[:2] - margin, 0))
+        end = np.ceil(np.minimum(self.box[2:] + margin, [width, height]))
+        region = _grey(image, np.concatenate([start, end]), self.scale)
+        if region.shape[0] < self.patch.shape[0] or region.shape[1] < self.patch.shape[1]:
+            return None
+        scores = cv2.matchTemplate(region, self.patch, cv2.TM_CCOEFF_NORMED)
+        _, best, _, (x, y) = cv2.minMaxLoc(scores)
+        if best < FOLLOW_MATCH:
+            return None
+        # between pixels: a parabola through the peak and its neighbours, so that one pixel of the small
+        # scaled image (several of the frame's) is not an error that adds up from frame to frame
+        corner = np.array([x + _vertex(scores[y, x - 1 : x + 2]), y + _vertex(scores[y - 1 : y + 2, x])])
+        return np.asarray(start + corner / self.scale - self.box[:2])
+
+
+def _vertex(three: np.ndarray) -> float:
+    """Where a parabola through three equally spaced values peaks, relative to the middle one (0 at an edge)."""
+    if len(three) < 3:
+        return 0.0
+    left, middle, right = (float(v) for v in three)
+    curve = left - 2 * middle + right
+    return 0.5 * (left - right) / curve if curve < 0 else 0.0
+
+
 @dataclass(eq=False)  # a track is itself, not its values: removed by identity
 class Track:
     label: str
     box: np.ndarray  # x1, y1, x2, y2 where it was last detected
     seen: int  # seq of the frame it was last detected in
     sightings: deque[tuple[int, np.ndarray]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    appearance: Appearance | None = None  # while held: the image in the box, to follow it
+    followed: np.ndarray | None = None  # while held: the centre its image was last found at
+    lost: bool = False  # while held: its image is no longer found, so the hold is no longer extended
 
     def __post_init__(self) -> None:
         self.sightings.append((self.seen, _centre(self.box)))
@@ -95,7 +166,7 @@ class Track:
         moved = self.velocity() * min(since, COAST)
         half = (self.box[2:] - self.box[:2]) / 2
         grown = half * (1 + style.grow * since) + np.abs(moved) / 2
-        centre = _centre(self.box) + moved
+        centre = _centre(self.box) + moved if self.followed is None else self.followed
         half = np.minimum(grown, half * style.max_growth)
         return np.concatenate([centre - half, centre + half])
 
@@ -103,6 +174,33 @@ class Track:
         self.box = box.astype(np.float64)
         self.seen = seq
         self.sightings.append((seq, _centre(self.box)))
+        self.appearance, self.followed, self.lost = None, None, False
+
+    def keeps(self, seq: int, style: TrackerStyle) -> bool:
+        """Whether the track may still be held in frame ``seq``: within its hold, or its image still followed."""
+        since = seq - self.seen
+        followed = self.appearance is not None
+        return since <= style.hold_frames or (followed and since <= style.hold_frames + style.follow_frames)
+
+    def follow_image(self, box: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """The held box ``box`` (within the frame) moved to where the image it showed last frame is now.
+
+        Sets ``lost`` where that image is gone or flat; the box then stays as predicted.
+        """
+        if self.lost:
+            return box
+        if self.appearance is not None:
+            shift = self.appearance.find(image)
+            if shift is None:
+                self.appearance, self.lost = None, True
+                return box
+            self.followed = _centre(self.appearance.box) + shift
+            half = (box[2:] - box[:2]) / 2
+            height, width = image.shape[:2]
+            box = np.clip(np.concatenate([self.followed - half, self.followed + half]), 0, [width, height] * 2)
+        self.appearance = Appearance.take(image, box)
+        self.lost = self.appearance is None
+        return box
 
 
 def affinity(tracks: np.ndarray, last: np.ndarray, found: np.ndarray, min_iou: float) -> np.ndarray:
@@ -134,25 +232,35 @@ class Tracker:
         self.tracks: list[Track] = []
         self._shape: tuple[int, ...] = ()
 
-    def update(self, seq: int, shape: tuple[int, ...], detected: Detections, blind: bool = False) -> Detections:
+    def update(
+        self,
+        seq: int,
+        shape: tuple[int, ...],
+        detected: Detections,
+        blind: bool = False,
+        image: np.ndarray | None = None,
+    ) -> Detections:
         """What to mask in frame ``seq`` besides what was detected in it: each class's held boxes.
 
         ``blind``: the frame was masked whole, so nothing was detected and
-        nothing needs adding; tracks keep their last sighting.
+        nothing needs adding; tracks keep their last sighting. ``image``: the
+        frame, with what was detected masked, so held boxes can follow what
+        they show (without it they only hold for ``hold_frames``).
         """
         if shape != self._shape:
             self.tracks = []  # a new size is a new scene (or a new segment): nothing carries over
             self._shape = shape
-        self.tracks = [t for t in self.tracks if seq - t.seen <= self.config.style(t.label).hold_frames]
+        self.tracks = [t for t in self.tracks if t.keeps(seq, self.config.style(t.label))]
         if blind:
             return Detections.empty()
         held = []
         for label in sorted({t.label for t in self.tracks} | set(detected.classes())):
             if self.config.style(label).hold_frames:
-                held.append(Detections.of(label, self._update_class(label, seq, detected[detected.labels == label])))
+                found = detected[detected.labels == label]
+                held.append(Detections.of(label, self._update_class(label, seq, found, image)))
         return Detections.concat(held)
 
-    def _update_class(self, label: str, seq: int, detected: Detections) -> np.ndarray:
+    def _update_class(self, label: str, seq: int, detected: Detections, image: np.ndarray | None) -> np.ndarray:
         style = self.config.style(label)
         tracks = [t for t in self.tracks if t.label == label]
         predicted = np.array([t.predicted(seq, style) for t in tracks]).reshape(-1, 4)
@@ -186,7 +294,13 @@ class Tracker:
                 # Covered by a confident detection that continued another track: a duplicate of that object.
                 self.tracks.remove(track)
                 continue
-            held.append(np.clip(box, 0, [width, height, width, height]))
+            box = np.clip(box, 0, [width, height, width, height])
+            if image is not None and style.follow_frames:
+                box = track.follow_image(box, image)
+            if not track.keeps(seq, style):  # past its hold, and what it showed is gone
+                self.tracks.remove(track)
+                continue
+            held.append(box)
         return np.asarray(held, np.float32).reshape(-1, 4)
 
     @staticmethod
