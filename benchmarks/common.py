@@ -104,22 +104,37 @@ def anonstream_run(args: list[str], scratch: Path, what: str) -> tuple[Measured,
 
 
 GHOST_OVERLAP = 0.1  # a held box overlaps a detection when they share this much of the smaller box
-LOOK_BACK = 30  # frames searched for the detection a held box came from (the longest default hold)
+LOOK_BACK = 75  # frames searched for the detection a held box came from (the longest default hold and follow)
 
 
-def _overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _intersection(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairwise intersection areas of boxes ``a`` and ``b``, and the areas of each."""
     x1 = np.maximum(a[:, None, 0], b[None, :, 0])
     y1 = np.maximum(a[:, None, 1], b[None, :, 1])
     x2 = np.minimum(a[:, None, 2], b[None, :, 2])
     y2 = np.minimum(a[:, None, 3], b[None, :, 3])
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter, (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+
+def _overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    inter, area_a, area_b = _intersection(a, b)
     return np.asarray(inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-9))
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    inter, area_a, area_b = _intersection(a, b)
+    return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9))
+
+
 def tracking_measures(jsonl: Path) -> dict[str, Any]:
-    """Ghost boxes and held-box growth from anonstream's per-frame JSONL (frames in order of seq)."""
+    """Ghost boxes and held-box growth from anonstream's per-frame JSONL (frames in order of seq).
+
+    The JSONL does not say which detection a held box came from: its source is taken to be the
+    detection of its class, within LOOK_BACK frames, that it overlaps best (intersection over
+    union), so that a small detection it happens to touch (a plate's part, another face) is not
+    taken for it.
+    """
     records = sorted(
         (r for r in map(json.loads, jsonl.read_text(encoding="utf-8").splitlines()) if "detected" in r),
         key=lambda r: r["seq"],
@@ -135,16 +150,17 @@ def tracking_measures(jsonl: Path) -> dict[str, Any]:
                 ghosts += int(beside.sum())
                 if beside.any():
                     ghost_frames.append(record["seq"])
-            for box in held:
-                for earlier in reversed(records[max(0, index - LOOK_BACK) : index]):
-                    source = np.asarray(earlier["detected"].get(label, []), np.float64).reshape(-1, 4)
-                    touching = source[_overlap_of_smaller(box[None], source)[0] > 0] if len(source) else source
-                    if len(touching):
-                        sides = (box[2:] - box[:2]) / np.maximum(touching[:, 2:] - touching[:, :2], 1e-9)
-                        ratio = float(sides.max(axis=1).min())
-                        if ratio > worst:
-                            worst, worst_at = ratio, record["seq"]
-                        break
+            earlier = [r["detected"].get(label, []) for r in records[max(0, index - LOOK_BACK) : index]]
+            sources = np.asarray([box for boxes in earlier for box in boxes], np.float64).reshape(-1, 4)
+            if not len(held) or not len(sources):
+                continue
+            best = _iou(held, sources)
+            for box, row in zip(held, best, strict=True):
+                if row.max() > 0:
+                    source = sources[int(row.argmax())]
+                    ratio = float(((box[2:] - box[:2]) / np.maximum(source[2:] - source[:2], 1e-9)).max())
+                    if ratio > worst:
+                        worst, worst_at = ratio, record["seq"]
     return {
         "frames": len(records),
         "held_boxes": held_total,

@@ -20,9 +20,10 @@ From anonstream's per-frame JSONL (detected and held boxes, as found, before
 mask growth), two tracker measures (deface has no tracker, so it has neither):
 - ghost boxes: held boxes in a frame where a detection of the same class
   overlaps them (``tracking_measures``, shared with protection.py);
-- growth: each held box against the detection it came from (the most recent
-  detection of its class that overlaps it, within the last 30 frames), the
-  larger of its width and height ratios; the worst over the clip.
+- growth: each held box against the detection it came from (the detection of
+  its class it overlaps best, within the last 75 frames: the JSONL has no
+  track identities), the larger of its width and height ratios; the worst
+  over the clip.
 """
 
 from __future__ import annotations

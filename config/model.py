@@ -256,6 +256,7 @@ def _inherit_by_class(data: object, style: type[_Section], defaults: dict[str, d
 
 
 PLATE_HOLD_FRAMES = 30  # plates: the tiles that find them come round less often than every frame
+# and not followed past it: a plate does not turn away, and a false one (text on a shirt) would be followed on
 
 
 class TrackerConfig(TrackerStyle):
@@ -266,7 +267,7 @@ class TrackerConfig(TrackerStyle):
     @model_validator(mode="before")
     @classmethod
     def _inherit(cls, data: object) -> object:
-        return _inherit_by_class(data, TrackerStyle, {"plate": {"hold_frames": PLATE_HOLD_FRAMES}})
+        return _inherit_by_class(data, TrackerStyle, {"plate": {"hold_frames": PLATE_HOLD_FRAMES, "follow_frames": 0}})
 
     def style(self, label: str) -> TrackerStyle:
         return self.by_class.get(label, self)

@@ -23,8 +23,8 @@ A head that turns away has no face to detect, but it is still there. So a held
 mask also follows the image inside it from one frame to the next (template
 matching, ``Appearance``), and while that image is still found, textured, the
 hold goes on for up to ``follow_frames`` frames after ``hold_frames``; once it
-is lost (the person left, or the box shows sky or a wall), the hold ends as
-before. The images are the record stage's frames before the held masks are
+is lost (the person left, or the box shows sky or a wall, or is mostly out of
+the frame), the hold ends as before. The images are the record stage's frames before the held masks are
 drawn: they never leave the process.
 Detections continue tracks of their own class only, and each class has its
 own settings (``tracker.by_class``).
@@ -51,10 +51,15 @@ FOLLOW_SIDE = 32  # a held box's image is compared at this size (longest side): 
 FOLLOW_MATCH = 0.7  # normalized correlation with the previous frame's image that says it is still there
 FOLLOW_TEXTURE = 6.0  # grey-level spread under which an image is flat (sky, a wall, a flare): nothing to follow
 FOLLOW_SEARCH = 0.5  # the image is looked for within this share of the box's size around where it was
+FOLLOW_INSIDE = 0.75  # a held box with less of its area in the frame is leaving it: what is left in view is background
 
 
 def _size(boxes: np.ndarray) -> np.ndarray:
     return np.asarray(np.sqrt(np.prod(np.maximum(boxes[:, 2:] - boxes[:, :2], 1e-9), axis=1)))
+
+
+def _area(box: np.ndarray) -> float:
+    return float(np.prod(np.maximum(box[2:] - box[:2], 0)))
 
 
 def _centre(box: np.ndarray) -> np.ndarray:
@@ -294,13 +299,15 @@ class Tracker:
                 # Covered by a confident detection that continued another track: a duplicate of that object.
                 self.tracks.remove(track)
                 continue
-            box = np.clip(box, 0, [width, height, width, height])
+            inside = np.clip(box, 0, [width, height, width, height])
             if image is not None and style.follow_frames:
-                box = track.follow_image(box, image)
+                if _area(inside) < FOLLOW_INSIDE * _area(box):
+                    track.appearance, track.lost = None, True  # leaving the frame: its hold is not extended
+                inside = track.follow_image(inside, image)
             if not track.keeps(seq, style):  # past its hold, and what it showed is gone
                 self.tracks.remove(track)
                 continue
-            held.append(box)
+            held.append(inside)
         return np.asarray(held, np.float32).reshape(-1, 4)
 
     @staticmethod

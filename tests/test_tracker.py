@@ -128,6 +128,17 @@ def test_a_held_mask_with_nothing_to_follow_ends_with_its_hold(scenes: list[np.n
     assert _held_for(Tracker(TrackerConfig(hold_frames=3, follow_frames=10)), scenes) == [1, 2, 3]
 
 
+def test_a_held_mask_leaving_the_frame_is_not_followed_on_the_background() -> None:
+    """What is left in view of a box mostly out of the frame is background (blinds, a wall): no longer followed."""
+    tracker = Tracker(TrackerConfig(hold_frames=3, follow_frames=10))
+    scene = _scene(0)  # textured, and still: it would be found again in every frame
+    box = np.array([[10, 100, 50, 150]], np.float32)
+    for seq in range(3):  # leaving on the left, 6 px a frame
+        assert not len(tracker.update(seq, SHAPE, faces(box - seq * np.array([6, 0, 6, 0], np.float32)), image=scene))
+    held_in = [seq for seq in range(3, 20) if len(tracker.update(seq, SHAPE, faces(NONE), image=scene))]
+    assert held_in == [3, 4, 5]
+
+
 SHORT_LOOKS = (4, 5, 6, 15, 16, 17, 18, 19)  # blinded frames: twice a short look away
 TURNED_AWAY = tuple(range(6, 36))  # 30 frames, twice the hold
 
