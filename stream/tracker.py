@@ -24,8 +24,8 @@ mask also follows the image inside it from one frame to the next (template
 matching, ``Appearance``), and while that image is still found, textured, the
 hold goes on for up to ``follow_frames`` frames after ``hold_frames``; once it
 is lost (the person left, or the box shows sky or a wall, or is mostly out of
-the frame), the hold ends as before. The images are the record stage's frames before the held masks are
-drawn: they never leave the process.
+the frame), the hold ends as before. The images are the record stage's frames
+before the held masks are drawn: they never leave the process.
 Detections continue tracks of their own class only, and each class has its
 own settings (``tracker.by_class``).
 """
