@@ -36,6 +36,7 @@ INTERVALS: tuple[tuple[str, Stage, Stage], ...] = (
 )
 PERCENTILES = (50, 95, 99)
 MAX_LOST_RUNS = 100  # runs of lost frames a summary names; the count covers them all
+JSONL_FLUSH_S = 1.0  # --metrics-jsonl is written out this often at least: tail -f or a crash misses a second at most
 
 
 class LatencyHistogram:
@@ -250,6 +251,13 @@ class FrameLog(Closing):
             self._file: IO[str] | None = path.open("w", encoding="utf-8") if path else None
         except OSError as exc:
             raise RecorderError(f"cannot write metrics to {path}: {exc.strerror}") from None
+        self._flushed = 0.0
+
+    def tick(self, now: float) -> None:
+        """Called on every turn of the record loop (``now``: monotonic seconds): writes out what is buffered."""
+        if self._file is not None and now - self._flushed >= JSONL_FLUSH_S:
+            self._file.flush()
+            self._flushed = now
 
     def frame(self, header: FrameHeader, tracked: Detections) -> None:
         if self._file is None:

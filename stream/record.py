@@ -109,6 +109,7 @@ class RecordStage:
                     events = sequencer.push(message, now) if message is not None and admitted(message) else []
                     handle(events + self._ledger_ended(sequencer, now) + sequencer.poll(now), frame_log)
                     self._share_progress(sequencer)
+                    frame_log.tick(now)
                     if status.due(now):
                         for line in status.lines(metrics, now):
                             log.info("%s", line)

@@ -628,6 +628,24 @@ def test_without_a_terminal_each_stream_logs_status_lines(tmp_path: Path) -> Non
     assert [int(total) for total, *_ in lines] == sorted(int(total) for total, *_ in lines)
 
 
+def test_the_frame_log_reaches_the_file_while_the_run_goes_on(tmp_path: Path) -> None:
+    """`tail -f` on --metrics-jsonl: records show within about a second, not once a dozen fill a buffer."""
+    clip = AstronautClip(width=320, height=180, frames=24, fps=3)
+    source = clip.write(tmp_path / "slow.mp4")
+    jsonl = tmp_path / "frames.jsonl"
+    args = ["--record", str(tmp_path / "out"), "--realtime", "--detect", "faces", "--metrics-jsonl", str(jsonl)]
+    process = start_cli("run", str(source), *args)
+    first_seen = 0  # complete records in the file when it first holds one
+    while process.poll() is None and not first_seen:
+        first_seen = jsonl.read_text(encoding="utf-8").count("\n") if jsonl.exists() else 0
+        time.sleep(0.05)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert len(jsonl.read_text(encoding="utf-8").splitlines()) == clip.frames
+    # 3 frames a second: a second's worth, or a few more where the workers started late; an 8 KiB buffer holds 12
+    assert 0 < first_seen <= 8, first_seen
+
+
 def test_a_camera_never_reached_says_so_and_fails(tmp_path: Path) -> None:
     """Not a table of zeros: the summary says the stream never connected, and the exit status is not 0."""
     url = f"rtsp://viewer:secret@127.0.0.1:{free_port()}/front"
