@@ -327,6 +327,8 @@ class TransportConfig(_Section):
 
 class MetricsConfig(_Section):
     jsonl: Path | None = None
+    jsonl_every: int = Field(default=1, ge=1)
+    jsonl_max_mb: float = Field(default=0.0, ge=0)
     summary_json: Path | None = None
     status_interval_s: float = Field(default=10.0, ge=0)
 

@@ -244,14 +244,35 @@ def _by_class(found: Detections) -> dict[str, list[list[float]]]:
 
 
 class FrameLog(Closing):
-    """``--metrics-jsonl``: one JSON record per recorded frame, per dropped frame, and per run of lost frames."""
+    """``--metrics-jsonl``: one JSON record per recorded frame, per dropped frame, and per run of lost frames.
 
-    def __init__(self, path: Path | None) -> None:
-        try:
-            self._file: IO[str] | None = path.open("w", encoding="utf-8") if path else None
-        except OSError as exc:
-            raise RecorderError(f"cannot write metrics to {path}: {exc.strerror}") from None
+    To stay on for days: ``every`` keeps one frame record in that many per stream (drops and losses are rare
+    and always written), and past ``max_mb`` the file becomes FILE.1 and a new one begins, so the two never
+    hold much more than twice that.
+    """
+
+    def __init__(self, path: Path | None, every: int = 1, max_mb: float = 0.0) -> None:
+        self._path, self._every, self._max_bytes = path, every, int(max_mb * 1e6)
+        self._file: IO[str] | None = self._open() if path else None
+        self._written = 0
         self._flushed = 0.0
+
+    def _open(self) -> IO[str]:
+        assert self._path is not None
+        try:
+            return self._path.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise RecorderError(f"cannot write metrics to {self._path}: {exc.strerror}") from None
+
+    def _write(self, record: dict[str, object]) -> None:
+        assert self._file is not None and self._path is not None
+        line = json.dumps(record) + "\n"
+        if self._max_bytes and self._written and self._written + len(line) > self._max_bytes:
+            self._file.close()
+            self._path.replace(self._path.with_name(self._path.name + ".1"))
+            self._file, self._written = self._open(), 0
+        self._file.write(line)
+        self._written += len(line)
 
     def tick(self, now: float) -> None:
         """Called on every turn of the record loop (``now``: monotonic seconds): writes out what is buffered."""
@@ -260,7 +281,7 @@ class FrameLog(Closing):
             self._flushed = now
 
     def frame(self, header: FrameHeader, tracked: Detections) -> None:
-        if self._file is None:
+        if self._file is None or header.seq % self._every:
             return
         record = {
             "stream": header.stream,
@@ -276,15 +297,15 @@ class FrameLog(Closing):
             "stamps_ns": {stage.name.lower(): header.stamps[stage] for stage in Stage},
             "latency_ms": (header.stamps[Stage.RECORDED] - header.stamps[Stage.CAPTURED]) / 1e6,
         }
-        self._file.write(json.dumps(record) + "\n")
+        self._write(record)
 
     def lost(self, gap: Lost) -> None:
         if self._file is not None:
-            self._file.write(json.dumps({"stream": gap.stream, "seq": gap.first_seq, "lost": gap.count}) + "\n")
+            self._write({"stream": gap.stream, "seq": gap.first_seq, "lost": gap.count})
 
     def dropped(self, drop: Dropped) -> None:
         if self._file is not None:
-            self._file.write(json.dumps({"stream": drop.stream, "seq": drop.seq, "dropped_by": drop.by}) + "\n")
+            self._write({"stream": drop.stream, "seq": drop.seq, "dropped_by": drop.by})
 
     def close(self) -> None:
         if self._file is not None:

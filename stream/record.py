@@ -100,7 +100,11 @@ class RecordStage:
                         recorders.pop(event.stream).close()
 
         hwm, linger = cfg.transport.frame_hwm, cfg.transport.linger_ms
-        with FrameReceiver(hwm, linger).bind(self.endpoint) as receiver, FrameLog(cfg.metrics.jsonl) as frame_log:
+        jsonl = cfg.metrics
+        with (
+            FrameReceiver(hwm, linger).bind(self.endpoint) as receiver,
+            FrameLog(jsonl.jsonl, jsonl.jsonl_every, jsonl.jsonl_max_mb) as frame_log,
+        ):
             try:
                 channel.ready(f"listening on {self.endpoint}")
                 while not stop.is_set() and not (self.expect and ended.issuperset(self.expect)):

@@ -646,6 +646,23 @@ def test_the_frame_log_reaches_the_file_while_the_run_goes_on(tmp_path: Path) ->
     assert 0 < first_seen <= 8, first_seen
 
 
+def test_a_frame_log_kept_on_for_days_is_sampled_and_rotated(tmp_path: Path) -> None:
+    """metrics.jsonl_every keeps one frame in N; past metrics.jsonl_max_mb the file becomes FILE.1 and starts again."""
+    clip = AstronautClip(width=320, height=180, frames=60, fps=30)
+    source = clip.write(tmp_path / "long.mp4")
+    jsonl = tmp_path / "frames.jsonl"
+    args = ["--record", str(tmp_path / "out"), "--detect", "faces", "--metrics-jsonl", str(jsonl)]
+    args += ["--set", "metrics.jsonl_every=3", "--set", "metrics.jsonl_max_mb=0.004"]
+    result = run_cli("run", str(source), *args)
+    assert result.returncode == 0, result.stderr
+    older, newer = (Path(f"{jsonl}{suffix}").read_text(encoding="utf-8") for suffix in (".1", ""))
+    seqs = [json.loads(line)["seq"] for text in (older, newer) for line in text.splitlines()]
+    assert all(len(text.encode()) <= 4000 for text in (older, newer))
+    # the newest records, one frame in three, in order: the rotations before FILE.1 are gone, nothing else is
+    assert seqs == list(range(57 - 3 * (len(seqs) - 1), 60, 3)), seqs
+    assert len(seqs) >= 4
+
+
 def test_a_camera_never_reached_says_so_and_fails(tmp_path: Path) -> None:
     """Not a table of zeros: the summary says the stream never connected, and the exit status is not 0."""
     url = f"rtsp://viewer:secret@127.0.0.1:{free_port()}/front"
