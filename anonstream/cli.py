@@ -29,7 +29,15 @@ from rich.progress import (
 from rich.text import Text
 
 from anonstream import __version__
-from anonstream.config import PRESETS, Settings, default_config_text, load_settings, nested, parse_assignment
+from anonstream.config import (
+    PRESETS,
+    MetricsConfig,
+    Settings,
+    default_config_text,
+    load_settings,
+    nested,
+    parse_assignment,
+)
 from anonstream.errors import AnonstreamError, ConfigError, RecorderError
 from anonstream.installation import check_installation
 from anonstream.process import Channel, Failed, Finished, Stage, name_process, run_stage
@@ -255,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="S",
         help="metrics.status_interval_s: when stderr is not a terminal (systemd, CI, | tee), log a status line "
-        "per stream every S seconds: frames, fps, drops, p99 latency (default 10; 0: never); a terminal shows "
+        f"per stream every S seconds: frames, fps, drops, p99 latency (default {MetricsConfig().status_interval_s:g}; "
+        "0: never); a terminal shows "
         "a progress display instead",
     )
     run.add_argument("--stills", action="store_true", default=None, help=STILLS_HELP)

@@ -330,7 +330,7 @@ class MetricsConfig(_Section):
     jsonl_every: int = Field(default=1, ge=1)
     jsonl_max_mb: float = Field(default=0.0, ge=0)
     summary_json: Path | None = None
-    status_interval_s: float = Field(default=10.0, ge=0)
+    status_interval_s: float = Field(default=60.0, ge=0)
 
 
 Preset = Literal["fast", "balanced", "max-privacy"]
