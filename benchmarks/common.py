@@ -17,6 +17,9 @@ import numpy as np
 import onnxruntime as ort
 from rich.console import Console
 
+from anonstream.stream.detections import iou_matrix
+from anonstream.stream.tracker import overlap_of_smaller
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 EVAL = Path(os.environ.get("ANONSTREAM_EVAL", REPO.parent / "shared" / "eval"))
@@ -107,26 +110,6 @@ GHOST_OVERLAP = 0.1  # a held box overlaps a detection when they share this much
 LOOK_BACK = 75  # frames searched for the detection a held box came from (the longest default hold and follow)
 
 
-def _intersection(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairwise intersection areas of boxes ``a`` and ``b``, and the areas of each."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    return inter, (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-
-
-def _overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    inter, area_a, area_b = _intersection(a, b)
-    return np.asarray(inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-9))
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    inter, area_a, area_b = _intersection(a, b)
-    return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9))
-
-
 def tracking_measures(jsonl: Path) -> dict[str, Any]:
     """Ghost boxes and held-box growth from anonstream's per-frame JSONL (frames in order of seq).
 
@@ -146,7 +129,7 @@ def tracking_measures(jsonl: Path) -> dict[str, Any]:
             held_total += len(held)
             found = np.asarray(record["detected"].get(label, []), np.float64).reshape(-1, 4)
             if len(found):
-                beside = (_overlap_of_smaller(held, found) >= GHOST_OVERLAP).any(axis=1)
+                beside = (overlap_of_smaller(held, found) >= GHOST_OVERLAP).any(axis=1)
                 ghosts += int(beside.sum())
                 if beside.any():
                     ghost_frames.append(record["seq"])
@@ -154,7 +137,7 @@ def tracking_measures(jsonl: Path) -> dict[str, Any]:
             sources = np.asarray([box for boxes in earlier for box in boxes], np.float64).reshape(-1, 4)
             if not len(held) or not len(sources):
                 continue
-            best = _iou(held, sources)
+            best = iou_matrix(held, sources)
             for box, row in zip(held, best, strict=True):
                 if row.max() > 0:
                     source = sources[int(row.argmax())]

@@ -100,10 +100,10 @@ class RecordStage:
                         recorders.pop(event.stream).close()
 
         hwm, linger = cfg.transport.frame_hwm, cfg.transport.linger_ms
-        jsonl = cfg.metrics
+        metrics_cfg = cfg.metrics
         with (
             FrameReceiver(hwm, linger).bind(self.endpoint) as receiver,
-            FrameLog(jsonl.jsonl, jsonl.jsonl_every, jsonl.jsonl_max_mb) as frame_log,
+            FrameLog(metrics_cfg.jsonl, metrics_cfg.jsonl_every, metrics_cfg.jsonl_max_mb) as frame_log,
         ):
             try:
                 channel.ready(f"listening on {self.endpoint}")

@@ -188,10 +188,16 @@ class Track:
         return since <= style.hold_frames or (followed and since <= style.hold_frames + style.follow_frames)
 
     def follow_image(self, box: np.ndarray, image: np.ndarray) -> np.ndarray:
-        """The held box ``box`` (within the frame) moved to where the image it showed last frame is now.
+        """The held box ``box`` (as predicted) in the frame, moved to where the image it showed last frame is now.
 
-        Sets ``lost`` where that image is gone or flat; the box then stays as predicted.
+        Sets ``lost`` where that image is gone or flat, or the box is mostly out of the frame (what is left in
+        view is background); the box then stays as predicted.
         """
+        height, width = image.shape[:2]
+        inside = np.clip(box, 0, [width, height] * 2)
+        if _area(inside) < FOLLOW_INSIDE * _area(box):
+            self.appearance, self.lost = None, True
+        box = inside
         if self.lost:
             return box
         if self.appearance is not None:
@@ -201,7 +207,6 @@ class Track:
                 return box
             self.followed = _centre(self.appearance.box) + shift
             half = (box[2:] - box[:2]) / 2
-            height, width = image.shape[:2]
             box = np.clip(np.concatenate([self.followed - half, self.followed + half]), 0, [width, height] * 2)
         self.appearance = Appearance.take(image, box)
         self.lost = self.appearance is None
@@ -299,15 +304,14 @@ class Tracker:
                 # Covered by a confident detection that continued another track: a duplicate of that object.
                 self.tracks.remove(track)
                 continue
-            inside = np.clip(box, 0, [width, height, width, height])
             if image is not None and style.follow_frames:
-                if _area(inside) < FOLLOW_INSIDE * _area(box):
-                    track.appearance, track.lost = None, True  # leaving the frame: its hold is not extended
-                inside = track.follow_image(inside, image)
+                box = track.follow_image(box, image)
+            else:
+                box = np.clip(box, 0, [width, height, width, height])
             if not track.keeps(seq, style):  # past its hold, and what it showed is gone
                 self.tracks.remove(track)
                 continue
-            held.append(inside)
+            held.append(box)
         return np.asarray(held, np.float32).reshape(-1, 4)
 
     @staticmethod
