@@ -10,6 +10,7 @@ import multiprocessing
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -42,8 +43,11 @@ from anonstream.errors import AnonstreamError, ConfigError, RecorderError
 from anonstream.installation import check_installation
 from anonstream.process import Channel, Failed, Finished, Stage, name_process, run_stage
 from anonstream.stream.wire import MAX_WORKERS
+from anonstream.systemd import Notifier
 
 if TYPE_CHECKING:
+    from anonstream.monitor import Monitor, MonitorServer
+    from anonstream.orchestrator import PipelineResult
     from anonstream.stream.metrics import RunSummary
 
 log = logging.getLogger("anonstream")
@@ -168,7 +172,25 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "stills": ("capture.stills",),
     "summary_json": ("metrics.summary_json",),
     "status_interval": ("metrics.status_interval_s",),
+    "metrics_port": ("metrics.port",),
+    "metrics_bind": ("metrics.bind",),
 }
+
+
+def _monitor_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("live figures (an HTTP port: /metrics for Prometheus, /healthz, / a preview page)")
+    g.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="metrics.port: serve /metrics, /healthz and the preview page on this port while it runs",
+    )
+    g.add_argument(
+        "--metrics-bind",
+        metavar="ADDRESS",
+        help=f"metrics.bind: the address to listen on (default {MetricsConfig().bind}, this host only; "
+        "0.0.0.0 shows every camera's anonymized picture to whoever reaches the port)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a progress display instead",
     )
     run.add_argument("--stills", action="store_true", default=None, help=STILLS_HELP)
+    _monitor_flags(run)
     _detector_flags(run)
     _config_flags(run)
 
@@ -304,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"this worker's number, 1-{MAX_WORKERS}, unique among the workers of one record process: its "
         "process title, and its idle notices",
     )
+    _monitor_flags(worker)
     _detector_flags(worker)
     _config_flags(worker)
 
@@ -322,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     record.add_argument("--metrics-jsonl", type=Path, metavar="FILE", help="metrics.jsonl")
     record.add_argument("--status-interval", type=float, metavar="S", help="metrics.status_interval_s")
+    _monitor_flags(record)
     _config_flags(record)
 
     demo = sub.add_parser(
@@ -482,8 +507,8 @@ def _signals_held() -> Iterator[None]:
 
 def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool) -> int:
     with _signals_held():
+        from anonstream.monitor import Monitor
         from anonstream.orchestrator import Pipeline
-    from anonstream.report import render
     from anonstream.stream.sources import lossless, stream_ids
 
     _preflight(settings)
@@ -494,24 +519,57 @@ def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool)
     ctx = multiprocessing.get_context("spawn")
     log_queue: Any = ctx.Queue()
     listener = logging.handlers.QueueListener(log_queue, *logging.getLogger().handlers, respect_handler_level=True)
-    listener.start()
-    pipeline = Pipeline(settings, log_queue, level)
-    _on_stop_signals(pipeline.request_stop)
-    ids = stream_ids(settings.sources)
-    try:
-        with _progress(console, disable=not display) as bar:
-            tasks = [bar.add_task(sid, total=None) for sid in ids]
-            whole = bar.add_task("all", total=None, visible=len(ids) > 1)
+    monitor = Monitor(settings)
+    notifier = Notifier()
+    with _monitor_server(monitor, settings) as server:
+        listener.start()
+        pipeline = Pipeline(settings, log_queue, level, monitor)
+        _on_stop_signals(pipeline.request_stop)
+        ids = stream_ids(settings.sources)
+        try:
+            with _progress(console, disable=not display) as bar:
+                tasks = [bar.add_task(sid, total=None) for sid in ids]
+                whole = bar.add_task("all", total=None, visible=len(ids) > 1)
 
-            def show(counts: list[int], totals: list[int | None]) -> None:
-                for task, count, total in zip(tasks, counts, totals, strict=True):
-                    bar.update(task, completed=count, total=total)
-                known = None if None in totals else sum(t or 0 for t in totals)
-                bar.update(whole, completed=sum(counts), total=known)
+                def show(counts: list[int], totals: list[int | None]) -> None:
+                    for task, count, total in zip(tasks, counts, totals, strict=True):
+                        bar.update(task, completed=count, total=total)
+                    known = None if None in totals else sum(t or 0 for t in totals)
+                    bar.update(whole, completed=sum(counts), total=known)
+                    notifier.running(time.monotonic(), monitor.health().stages_ok)
 
-            result = pipeline.run(show)
-    finally:
-        listener.stop()
+                result = pipeline.run(show)
+        finally:
+            notifier.stopping()
+            listener.stop()
+        monitor.finished(result.summary)
+        code = _report(settings, result, console, all_lossless)
+        if server is not None and settings.metrics.linger_s > 0:
+            log.info("serving the final figures for %g s more (Ctrl-C to stop now)", settings.metrics.linger_s)
+            done = threading.Event()
+            _on_stop_signals(done.set)
+            done.wait(settings.metrics.linger_s)
+    return code
+
+
+@contextlib.contextmanager
+def _monitor_server(monitor: Monitor, settings: Settings) -> Iterator[MonitorServer | None]:
+    """The live endpoints while the block runs, where metrics.port asks for them."""
+    from anonstream.monitor import MonitorServer
+
+    cfg = settings.metrics
+    if cfg.port is None:
+        yield None
+        return
+    with MonitorServer(monitor, cfg.bind, cfg.port) as server:
+        log.info("live figures: %smetrics, health: %shealthz, preview page: %s", server.url, server.url, server.url)
+        yield server
+
+
+def _report(settings: Settings, result: PipelineResult, console: Console, all_lossless: bool) -> int:
+    """The summary tables, --summary-json and what went wrong; the exit status."""
+    from anonstream.report import render
+
     out = _stdout_console()
     never = _never_connected(settings, result.summary)
     render(out, result.summary, result.reports, result.worker_restarts, frozenset(never))
@@ -568,12 +626,17 @@ def _incomplete_files(settings: Settings, summary: RunSummary) -> list[str]:
     return lines
 
 
-def _run_role(stage: Stage) -> int:
+def _run_role(stage: Stage, settings: Settings) -> int:
     name_process(stage.title)
     stop = threading.Event()
     _on_stop_signals(stop.set)
-    channel = Channel(stage.title)
-    code = run_stage(stage, stop, channel)
+    from anonstream.monitor import Monitor
+
+    monitor = Monitor(settings)
+    monitor.stage_started(stage.title)
+    channel = Channel(stage.title, sink=monitor.accept)
+    with _monitor_server(monitor, settings):
+        code = run_stage(stage, stop, channel)
     for event in channel.events:
         if isinstance(event, Failed):
             raise AnonstreamError(event.message)
@@ -651,14 +714,15 @@ def main(argv: list[str] | None = None) -> int:
             if len(settings.sources) != 1:
                 raise ConfigError("anonstream capture takes exactly one --source")
             sid = stream_ids(settings.sources)[0]
-            return _run_role(CaptureStage(settings.sources[0], sid, settings.capture.bind, settings))
+            return _run_role(CaptureStage(settings.sources[0], sid, settings.capture.bind, settings), settings)
         if args.command == "worker":
             from anonstream.workers.worker import WorkerStage
 
-            return _run_role(WorkerStage(args.number, tuple(settings.worker.inputs), settings.worker.output, settings))
+            stage = WorkerStage(args.number, tuple(settings.worker.inputs), settings.worker.output, settings)
+            return _run_role(stage, settings)
         from anonstream.stream.record import RecordStage
 
-        return _run_role(RecordStage(settings.record.bind, settings, tuple(args.expect)))
+        return _run_role(RecordStage(settings.record.bind, settings, tuple(args.expect)), settings)
     except AnonstreamError as exc:
         # the message is plain text: a path or a pip extra in brackets is not markup
         console.print(Text.assemble(("anonstream: error: ", "red"), str(exc)), highlight=False, soft_wrap=True)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from anonstream.config import Settings
 from anonstream.errors import StageError
+from anonstream.monitor import Monitor
 from anonstream.process import STOP_SIGNALS, Failed, Finished, Ready, Stage, StageEvent, StageProcess
 from anonstream.stream.capture import CaptureStage
 from anonstream.stream.ledger import Ledger
@@ -47,6 +48,7 @@ TICK_S = 0.1
 STOP_TIMEOUT_S = 10.0
 ABORT_TIMEOUT_S = 1.0  # after a second Ctrl-C
 READY_TIMEOUT_S = {"record": 30.0, "worker": 300.0, "capture": 60.0}
+STATS_ROLES = frozenset({"record", "worker"})  # the stages that send stats events (the monitor's idea of alive)
 
 Progress = Callable[[list[int], list[int | None]], None]
 
@@ -60,17 +62,19 @@ class _Running:
     stage: Stage
     process: StageProcess
     conn: Connection
+    monitor: Monitor | None  # where live events go (else nowhere)
     events: list[StageEvent] = field(default_factory=list)
 
-    def poll(self) -> list[StageEvent]:
-        fresh: list[StageEvent] = []
+    def poll(self) -> None:
         try:
             while self.conn.poll():
-                fresh.append(self.conn.recv())
+                event = self.conn.recv()
+                if isinstance(event, Ready | Failed | Finished):
+                    self.events.append(event)
+                elif self.monitor is not None:
+                    self.monitor.accept(event)
         except (EOFError, OSError):
             pass
-        self.events += fresh
-        return fresh
 
     @property
     def failure(self) -> Failed | None:
@@ -108,8 +112,15 @@ def runtime_base() -> str | None:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, log_queue: Queue[logging.LogRecord], log_level: int = logging.INFO) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_queue: Queue[logging.LogRecord],
+        log_level: int = logging.INFO,
+        monitor: Monitor | None = None,
+    ) -> None:
         self.settings = settings
+        self._monitor = monitor
         self._ctx = multiprocessing.get_context("spawn")
         self._log_queue = log_queue
         self._log_level = log_level
@@ -131,8 +142,10 @@ class Pipeline:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         child.close()
-        running = _Running(stage, process, parent)
+        running = _Running(stage, process, parent, self._monitor)
         self._running.append(running)
+        if self._monitor is not None and stage.role in STATS_ROLES:
+            self._monitor.stage_started(stage.title)
         return running
 
     def _await_ready(self, stages: list[_Running]) -> list[Ready]:
@@ -287,6 +300,9 @@ class Pipeline:
         log.error("%s died (%s); restarting it; frames it held are counted lost", worker.stage.title, reason)
         self._running.remove(worker)
         worker.conn.close()
+        if self._monitor is not None:
+            assert isinstance(worker.stage, WorkerStage)
+            self._monitor.worker_restarted(worker.stage.number)
         return self._start(worker.stage)
 
     def _stop_all(self, abort: bool) -> None:

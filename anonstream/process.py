@@ -6,20 +6,28 @@ setup every stage needs: a process title an operator can read in ``ps``,
 SIGTERM as the one stop request (Ctrl-C is the orchestrator's to coordinate),
 death with the parent, and logging routed to the parent's console. The CLI's
 single-role commands call ``serve`` directly, with Ctrl-C handled like SIGTERM.
+
+A stage tells its parent how it started and ended (``StageEvent``), and while
+it runs publishes live events (stats, preview images: ``LiveEvent``), which
+must never hold the stage up: a thread sends them, and when the parent lags
+behind, the oldest waiting one gives way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import logging.handlers
 import multiprocessing
 import os
+import queue
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from setproctitle import setproctitle
 
@@ -28,12 +36,16 @@ from anonstream.errors import AnonstreamError
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
 
-    from anonstream.stream.metrics import RunSummary
+    from anonstream.stream.metrics import RecordStats, RunSummary, WorkerStats
+    from anonstream.stream.recorders import PreviewImage
+
+    LiveEvent: TypeAlias = RecordStats | WorkerStats | PreviewImage
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PR_SET_PDEATHSIG = 1
+LIVE_QUEUE = 16  # live events waiting for the parent; a stats event a second and a few previews fit
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,20 +72,55 @@ StageEvent = Ready | Failed | Finished
 
 
 class Channel:
-    """The stage's line to whoever started it; a no-op when run from the CLI directly."""
+    """The stage's line to whoever started it: a pipe to the orchestrator, or, run from the CLI directly,
+    the events kept here and live events handed to ``sink`` (the role's own monitor, if it has one)."""
 
-    def __init__(self, title: str, conn: Connection | None = None) -> None:
+    def __init__(
+        self, title: str, conn: Connection | None = None, sink: Callable[[LiveEvent], None] | None = None
+    ) -> None:
         self.title = title
         self._conn = conn
+        self._sink = sink
+        self._lock = threading.Lock()  # the stage's thread and the live sender share the pipe
+        self._live: queue.Queue[LiveEvent] | None = None
         self.events: list[StageEvent] = []
 
     def send(self, event: StageEvent) -> None:
         self.events.append(event)
-        if self._conn is not None:
-            try:
+        self._send(event)
+
+    def _send(self, event: StageEvent | LiveEvent) -> bool:
+        if self._conn is None:
+            return True
+        try:
+            with self._lock:
                 self._conn.send(event)
-            except OSError:
-                log.debug("%s: parent no longer listening", self.title)
+        except (OSError, ValueError):  # ValueError: the pipe was closed as the stage exits
+            log.debug("%s: parent no longer listening", self.title)
+            return False
+        return True
+
+    def publish(self, event: LiveEvent) -> None:
+        """A live event, without waiting: with nobody listening it goes nowhere."""
+        if self._conn is None:
+            if self._sink is not None:
+                self._sink(event)
+            return
+        if self._live is None:
+            self._live = queue.Queue(LIVE_QUEUE)
+            threading.Thread(target=self._send_live, name="live events", daemon=True).start()
+        while True:
+            try:
+                self._live.put_nowait(event)
+                return
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):  # the sender may have just taken one
+                    self._live.get_nowait()
+
+    def _send_live(self) -> None:
+        assert self._live is not None
+        while self._send(self._live.get()):
+            pass
 
     def ready(self, detail: str = "", total: int | None = None) -> None:
         self.send(Ready(self.title, detail, total))

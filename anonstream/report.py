@@ -15,7 +15,7 @@ def _stream_table(s: StreamSummary) -> Table:
     table.add_column("stage")
     for p in ("p50 ms", "p95 ms", "p99 ms"):
         table.add_column(p, justify="right")
-    for label, _, _ in INTERVALS:
+    for label, _, _, _ in INTERVALS:
         if label in s.latency_ms:
             p50, p95, p99 = s.latency_ms[label]
             style = "bold" if label == "end to end" else None

@@ -331,6 +331,11 @@ class MetricsConfig(_Section):
     jsonl_max_mb: float = Field(default=0.0, ge=0)
     summary_json: Path | None = None
     status_interval_s: float = Field(default=60.0, ge=0)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    bind: str = Field(default="127.0.0.1", min_length=1)
+    preview_fps: float = Field(default=4.0, ge=0, le=30)
+    preview_max_side: int = Field(default=640, ge=64, le=4096)
+    linger_s: float = Field(default=0.0, ge=0)
 
 
 Preset = Literal["fast", "balanced", "max-privacy"]

@@ -3,6 +3,9 @@
 Each frame carries one wall-clock timestamp per Stage (see wire.py). The record
 process feeds every released frame here; at exit the summary gives frames
 in / out / dropped / lost and p50 / p95 / p99 per stage and end to end.
+While a run goes on, the record stage and each worker send a stats event
+(``RecordStats``, ``WorkerStats``) every STATS_INTERVAL_S: the live endpoint,
+the preview page and the final summary are all made from those same numbers.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections import Counter
+import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -23,20 +27,49 @@ from anonstream.stream.detections import Detections
 from anonstream.stream.sequencer import Lost
 from anonstream.stream.wire import Dropped, EndOfStream, Flag, FrameHeader, Stage
 
-# (label, from stage, to stage), in pipeline order
-INTERVALS: tuple[tuple[str, Stage, Stage], ...] = (
-    ("capture → send", Stage.CAPTURED, Stage.SENT),
-    ("queue → worker", Stage.SENT, Stage.RECEIVED),
-    ("batch + prepare", Stage.RECEIVED, Stage.INFER_START),  # filling a batch, resizing, the previous inference
-    ("detect", Stage.INFER_START, Stage.INFER_END),
-    ("mask", Stage.INFER_END, Stage.MASKED),
-    ("→ sequencer", Stage.MASKED, Stage.SEQUENCED),
-    ("track + record", Stage.SEQUENCED, Stage.RECORDED),
-    ("end to end", Stage.CAPTURED, Stage.RECORDED),
+# (label in tables, key in /metrics, from stage, to stage), in pipeline order
+INTERVALS: tuple[tuple[str, str, Stage, Stage], ...] = (
+    ("capture → send", "send", Stage.CAPTURED, Stage.SENT),
+    ("queue → worker", "queue", Stage.SENT, Stage.RECEIVED),
+    # filling a batch, resizing, the previous inference
+    ("batch + prepare", "prepare", Stage.RECEIVED, Stage.INFER_START),
+    ("detect", "detect", Stage.INFER_START, Stage.INFER_END),
+    ("mask", "mask", Stage.INFER_END, Stage.MASKED),
+    ("→ sequencer", "sequence", Stage.MASKED, Stage.SEQUENCED),
+    ("track + record", "record", Stage.SEQUENCED, Stage.RECORDED),
+    ("end to end", "end_to_end", Stage.CAPTURED, Stage.RECORDED),
 )
 PERCENTILES = (50, 95, 99)
 MAX_LOST_RUNS = 100  # runs of lost frames a summary names; the count covers them all
 JSONL_FLUSH_S = 1.0  # --metrics-jsonl is written out this often at least: tail -f or a crash misses a second at most
+STATS_INTERVAL_S = 1.0  # how often the record stage and each worker send their stats event
+RECENT_S = 60.0  # the preview page's figures (fps, drops, p99) cover this much of the run just past
+# Prometheus histogram bounds: latency from 1 ms to 10 s, in seconds; frames per inference
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    """A histogram as Prometheus has it: how many values fell at or below each bound, their count and sum."""
+
+    bounds: tuple[float, ...]
+    cumulative: tuple[int, ...]
+    count: int
+    total: float
+
+    def __add__(self, other: Buckets) -> Buckets:
+        """Two lives of one worker, counted as one."""
+        if other.bounds != self.bounds:
+            raise ValueError("cannot add histograms with different bounds")
+        cumulative = tuple(a + b for a, b in zip(self.cumulative, other.cumulative, strict=True))
+        return Buckets(self.bounds, cumulative, self.count + other.count, self.total + other.total)
+
+    @classmethod
+    def of_values(cls, values: Counter[int], bounds: tuple[float, ...]) -> Buckets:
+        """From a count of each value seen (batch sizes)."""
+        cumulative = tuple(sum(n for v, n in values.items() if v <= bound) for bound in bounds)
+        return cls(bounds, cumulative, sum(values.values()), float(sum(v * n for v, n in values.items())))
 
 
 class LatencyHistogram:
@@ -54,15 +87,25 @@ class LatencyHistogram:
     def __init__(self) -> None:
         self.counts = np.zeros(self.BINS, np.int64)
         self.count = 0
+        self.total_ms = 0.0
 
     def add(self, ms: float) -> None:
         index = 0 if ms <= self.LOWEST_MS else 1 + int(math.log(ms / self.LOWEST_MS) / math.log(self.STEP))
         self.counts[min(index, self.BINS - 1)] += 1
         self.count += 1
+        self.total_ms += ms
 
     def reset(self) -> None:
         self.counts[:] = 0
         self.count = 0
+        self.total_ms = 0.0
+
+    def buckets(self, bounds_s: tuple[float, ...] = LATENCY_BUCKETS_S) -> Buckets:
+        """In seconds, for Prometheus: each bound counts the bins that end at or below it (within 1 %)."""
+        cumulative = np.cumsum(self.counts)
+        below = [int(math.log(b * 1000 / self.LOWEST_MS) / math.log(self.STEP) + 1e-9) for b in bounds_s]
+        counts = tuple(int(cumulative[min(i, self.BINS - 1)]) if i >= 0 else 0 for i in below)
+        return Buckets(bounds_s, counts, self.count, self.total_ms / 1000)
 
     def percentiles(self) -> tuple[float, float, float]:
         """p50, p95, p99 in ms: the geometric centre of the bin each falls in."""
@@ -120,6 +163,66 @@ class RunSummary:
             raise RecorderError(f"cannot write the summary to {path}: {exc.strerror}") from None
 
 
+class RecentWindow:
+    """The last RECENT_S seconds of one stream: frames recorded (with their latency) and frames dropped."""
+
+    def __init__(self, started: float) -> None:
+        self._started = started
+        self._frames: deque[tuple[float, float]] = deque()  # (monotonic s, end-to-end ms)
+        self._drops: deque[tuple[float, int]] = deque()
+
+    def frame(self, now: float, latency_ms: float) -> None:
+        self._frames.append((now, latency_ms))
+
+    def drop(self, now: float, count: int = 1) -> None:
+        if count:
+            self._drops.append((now, count))
+
+    def figures(self, now: float) -> tuple[float, int, float | None]:
+        """Frames per second, frames dropped, p99 latency in ms (None: no frame) over the window."""
+        for queue in (self._frames, self._drops):
+            while queue and now - queue[0][0] > RECENT_S:
+                queue.popleft()
+        span = min(RECENT_S, now - self._started)
+        fps = len(self._frames) / span if span > 0 else 0.0
+        p99 = float(np.percentile([ms for _, ms in self._frames], 99)) if self._frames else None
+        return fps, sum(n for _, n in self._drops), p99
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLive:
+    """What the summary does not say about a stream while it runs: for health and the preview page."""
+
+    live: bool  # frames flagged LIVE (a camera, or --realtime): it should deliver without pause
+    ended: bool
+    last_frame_at: float  # time.time() of the last frame recorded, or of its first message
+    fps: float  # fps, dropped and p99 cover the last RECENT_S seconds
+    dropped: int
+    p99_ms: float | None
+    latency: dict[str, Buckets]  # interval key -> histogram
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStats:
+    """The record stage's stats event: the summary so far, and each stream's live figures."""
+
+    title: str
+    summary: RunSummary
+    streams: dict[str, StreamLive]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """A worker's stats event: its counters since it started, and how long and how large its inferences are."""
+
+    title: str
+    number: int
+    device: str  # the onnxruntime providers its detectors run on: "CPU", "CUDA", "TensorRT"
+    counters: dict[str, int]  # frames, batches, full_masked, unmaskable, dropped, rejected
+    inference: Buckets  # seconds per inference (a batch, every detector)
+    batch_frames: Buckets
+
+
 @dataclass
 class StreamMetrics:
     stream: str
@@ -142,8 +245,13 @@ class StreamMetrics:
     highest_seq: int = -1
     last_pts: int | None = None
     recent: LatencyHistogram = field(default_factory=LatencyHistogram)  # end to end since the last status line
+    live: bool = False
+    finished: bool = False
+    last_frame_at: float = field(default_factory=time.time)
+    window: RecentWindow = field(default_factory=lambda: RecentWindow(time.monotonic()))
 
     def ended(self, end: EndOfStream | None, frames: int | None) -> None:
+        self.finished = True
         self.end = end
         self.total = end.frames if end is not None else frames
 
@@ -152,13 +260,22 @@ class StreamMetrics:
         if len(self.lost_runs) < MAX_LOST_RUNS:
             self.lost_runs.append((gap.first_seq, gap.count))
 
-    def frame(self, header: FrameHeader, held: Detections) -> None:
+    def worker_dropped(self, now: float) -> None:
+        self.dropped_by["worker"] += 1
+        self.window.drop(now)
+
+    def frame(self, header: FrameHeader, held: Detections, now: float) -> None:
+        """A frame recorded at ``now`` (monotonic s)."""
         stamps = header.stamps
-        for label, start, stop in INTERVALS:
+        for label, _, start, stop in INTERVALS:
             if stamps[start] and stamps[stop]:
                 self.latency[label].add((stamps[stop] - stamps[start]) / 1e6)
         if stamps[Stage.CAPTURED] and stamps[Stage.RECORDED]:
             self.recent.add((stamps[Stage.RECORDED] - stamps[Stage.CAPTURED]) / 1e6)
+            self.window.frame(now, (stamps[Stage.RECORDED] - stamps[Stage.CAPTURED]) / 1e6)
+        self.window.drop(now, max(0, header.dropped - self.dropped))
+        self.live = bool(header.flags & Flag.LIVE)
+        self.last_frame_at = time.time()
         self.frames_out += 1
         if stamps[Stage.CAPTURED]:
             self.first_captured_ns = min(self.first_captured_ns or stamps[Stage.CAPTURED], stamps[Stage.CAPTURED])
@@ -175,6 +292,11 @@ class StreamMetrics:
         self.highest_seq = max(self.highest_seq, header.seq)
         if header.flags & Flag.FULL_MASK:
             self.full_masked += 1
+
+    def live_figures(self, now: float) -> StreamLive:
+        fps, dropped, p99 = self.window.figures(now)
+        latency = {key: self.latency[label].buckets() for label, key, _, _ in INTERVALS}
+        return StreamLive(self.live, self.finished, self.last_frame_at, fps, dropped, p99, latency)
 
     def summary(self) -> StreamSummary:
         sent = self.total if self.total is not None else self.highest_seq + 1

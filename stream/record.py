@@ -17,15 +17,18 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from anonstream.config import Settings
+import cv2
+
+from anonstream.config import MetricsConfig, Settings
 from anonstream.errors import NotAnonymizedError, RecorderError, WireError
 from anonstream.process import Channel, Finished, log_sampled
 from anonstream.stream.detections import Detections
 from anonstream.stream.ledger import Ledger
 from anonstream.stream.masking import Masking
-from anonstream.stream.metrics import FrameLog, RunSummary, StatusLines, StreamMetrics
-from anonstream.stream.recorders import Output, Recorder, ensure_output_dir, make_recorder
+from anonstream.stream.metrics import STATS_INTERVAL_S, FrameLog, RecordStats, RunSummary, StatusLines, StreamMetrics
+from anonstream.stream.recorders import Output, PreviewRecorder, Recorder, ensure_output_dir, make_recorder
 from anonstream.stream.sequencer import Ended, Lost, Released, Sequencer
+from anonstream.stream.sources import lossless, stream_ids
 from anonstream.stream.tracker import Tracker
 from anonstream.stream.transport import MAX_STREAMS, FrameReceiver
 from anonstream.stream.wire import Dropped, Flag, FrameMessage, Idle, Message, Stage
@@ -58,10 +61,17 @@ class RecordStage:
         sequencer = Sequencer(loss_timeout_s, frames, nbytes, self.workers, idle_timeout_s)
         recorders: dict[str, Recorder] = {}
         hold = _Hold(cfg)
-        metrics: dict[str, StreamMetrics] = {name: StreamMetrics(name) for name in self.expect}
+        live = {
+            sid
+            for spec, sid in zip(cfg.sources, stream_ids(cfg.sources), strict=True)
+            if not lossless(spec.uri, cfg.capture)
+        }
+        metrics: dict[str, StreamMetrics] = {name: StreamMetrics(name, live=name in live) for name in self.expect}
         ended: set[str] = set()
         counters = {"rejected": 0}
         status = StatusLines(cfg.metrics.status_interval_s)
+        previews = _Previews(cfg.metrics, channel)
+        stats_due = 0.0
 
         def stats(stream: str) -> StreamMetrics:
             if stream not in metrics:
@@ -84,9 +94,11 @@ class RecordStage:
         def handle(events: list[Released], frame_log: FrameLog) -> None:
             for event in events:
                 if isinstance(event, FrameMessage):
-                    self._record(event, hold, recorders, stats(event.header.stream), frame_log, counters)
+                    recorded = self._record(event, hold, recorders, stats(event.header.stream), frame_log, counters)
+                    if recorded is not None:
+                        previews.show(recorded)
                 elif isinstance(event, Dropped):
-                    stats(event.stream).dropped_by[event.by] += 1
+                    stats(event.stream).worker_dropped(time.monotonic())
                     frame_log.dropped(event)
                 elif isinstance(event, Lost):
                     stats(event.stream).lose(event)
@@ -117,14 +129,23 @@ class RecordStage:
                     if status.due(now):
                         for line in status.lines(metrics, now):
                             log.info("%s", line)
+                    if now >= stats_due:
+                        stats_due = now + STATS_INTERVAL_S
+                        channel.publish(self._stats(metrics, now))
                 handle(sequencer.flush(), frame_log)
                 self._share_progress(sequencer)
             finally:
                 _close_all(recorders.values())
         summary = RunSummary([m.summary() for m in metrics.values()])
+        channel.publish(self._stats(metrics, time.monotonic()))
         late = sum(sequencer.late.values())
         rejected = receiver.rejected + counters["rejected"]
         channel.send(Finished(self.title, {"rejected": rejected, "late": late}, summary))
+
+    def _stats(self, metrics: dict[str, StreamMetrics], now: float) -> RecordStats:
+        """The stats event: the same summary the run ends with, as it stands now."""
+        summary = RunSummary([m.summary() for m in metrics.values()])
+        return RecordStats(self.title, summary, {name: m.live_figures(now) for name, m in metrics.items()})
 
     def _record(
         self,
@@ -134,7 +155,8 @@ class RecordStage:
         stats: StreamMetrics,
         frame_log: FrameLog,
         counters: dict[str, int],
-    ) -> None:
+    ) -> FrameMessage | None:
+        """The frame as recorded (with the tracker's masks), or None if it was refused."""
         message.header.stamp(Stage.SEQUENCED)
         message, tracked = hold(message)
         header = message.header
@@ -147,14 +169,15 @@ class RecordStage:
         except NotAnonymizedError as exc:
             stats.refused += 1
             log.error("%s", exc)
-            return
+            return None
         except WireError as exc:
             counters["rejected"] += 1
             log.error("%s", exc)
-            return
+            return None
         header.stamp(Stage.RECORDED)
-        stats.frame(header, tracked)
+        stats.frame(header, tracked, time.monotonic())
         frame_log.frame(header, tracked)
+        return message
 
     def _ledger_ended(self, sequencer: Sequencer, now: float) -> list[Released]:
         """What the ledger says: a worker died; streams whose capture has ended, and how many frames it sent."""
@@ -184,6 +207,31 @@ def _close_all(recorders: Iterable[Recorder]) -> None:
             failure = failure or exc
     if failure is not None and sys.exc_info()[0] is None:  # else the error already on its way says more
         raise failure
+
+
+class _Previews:
+    """The preview page's recorder for each stream, when the page is served (metrics.port)."""
+
+    def __init__(self, config: MetricsConfig, channel: Channel) -> None:
+        self._config, self._channel = config, channel
+        self._enabled = config.port is not None and config.preview_fps > 0
+        self._recorders: dict[str, PreviewRecorder] = {}
+        self._failures = 0
+
+    def show(self, message: FrameMessage) -> None:
+        if not self._enabled:
+            return
+        stream = message.header.stream
+        if (recorder := self._recorders.get(stream)) is None:
+            cfg = self._config
+            recorder = PreviewRecorder(stream, cfg.preview_fps, cfg.preview_max_side, self._channel.publish)
+            self._recorders[stream] = recorder
+        try:
+            recorder.write(message)
+        except (RecorderError, cv2.error) as exc:  # a preview's failure costs the preview, not the recording
+            self._failures += 1
+            if log_sampled(self._failures):
+                log.warning("%s: no preview image (%s)", stream, exc)
 
 
 @dataclass

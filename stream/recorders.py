@@ -10,9 +10,11 @@ replaces an existing file unless ``record.overwrite`` says so.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
@@ -318,6 +320,43 @@ class ImageFolderRecorder(Recorder):
         if name.is_absolute() or ".." in name.parts or not name.suffix:
             raise WireError(f"{self.stream}: refusing unsafe output name {header.name!r}")
         _write_image(self.root.joinpath(*name.parts), message.pixels, self.config)
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewImage:
+    """One stream's latest anonymized picture, as a JPEG, for the preview page."""
+
+    stream: str
+    jpeg: bytes
+    seq: int
+
+
+class PreviewRecorder(Recorder):
+    """The preview page's recorder: behind the same guard as every other, a small JPEG a few times a second.
+
+    Frames arriving sooner than 1/``fps`` after the last one shown are passed over before any work is done.
+    """
+
+    QUALITY = 80
+
+    def __init__(self, stream: str, fps: float, max_side: int, publish: Callable[[PreviewImage], None]) -> None:
+        super().__init__(stream)
+        self._interval_s, self._max_side, self._publish = 1 / fps, max_side, publish
+        self._shown = -math.inf
+
+    def _write(self, message: FrameMessage) -> None:
+        now = time.monotonic()
+        if now - self._shown < self._interval_s:
+            return
+        self._shown = now
+        pixels = to_bgr8(message.pixels)
+        scale = self._max_side / max(pixels.shape[:2])
+        if scale < 1:
+            pixels = cv2.resize(pixels, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, self.QUALITY])
+        if not ok:
+            raise RecorderError(f"{self.stream}: cannot encode a preview image")
+        self._publish(PreviewImage(self.stream, jpeg.tobytes(), message.header.seq))
 
 
 def ensure_output_dir(path: Path) -> None:

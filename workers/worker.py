@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -30,6 +30,7 @@ from anonstream.config import Settings
 from anonstream.process import Channel, Finished, log_sampled
 from anonstream.stream.detections import Detections
 from anonstream.stream.masking import Masking, mask_whole_frame
+from anonstream.stream.metrics import BATCH_BUCKETS, STATS_INTERVAL_S, Buckets, LatencyHistogram, WorkerStats
 from anonstream.stream.transport import MAX_BACKLOG, POLL_MS, FrameReceiver, FrameSender
 from anonstream.stream.wire import Box, Dropped, EndOfStream, Flag, FrameHeader, FrameMessage, Idle, Stage
 from anonstream.workers.detectors import Detector, Frame, Prepared, make_detectors
@@ -46,6 +47,8 @@ class Anonymizer:
     counters: dict[str, int] = field(
         default_factory=lambda: {"frames": 0, "batches": 0, "full_masked": 0, "unmaskable": 0}
     )
+    inference: LatencyHistogram = field(default_factory=LatencyHistogram)  # ms per batch, every detector
+    batch_sizes: Counter[int] = field(default_factory=Counter)
 
     @property
     def batch_size(self) -> int:
@@ -85,6 +88,7 @@ class Anonymizer:
         """
         for message in messages:
             message.header.stamp(Stage.INFER_START)
+        started = time.perf_counter()
         try:
             found = self.detect(messages, prepared)
         except Exception as exc:
@@ -92,6 +96,8 @@ class Anonymizer:
                 return [self._mask_whole(messages[0], exc)]
             log.warning("detection failed on a batch of %d frames (%s); trying them one by one", len(messages), exc)
             return [self.process(message) for message in messages]
+        self.inference.add((time.perf_counter() - started) * 1000)
+        self.batch_sizes[len(messages)] += 1
         self.counters["batches"] += 1
         results = []
         for message, detections in zip(messages, found, strict=True):
@@ -284,12 +290,25 @@ class WorkerStage:
                 taken = backlog.take()
                 return taken, anonymizer.prepare(taken.frames) if taken.frames else None
 
+            device = ", ".join(sorted({d.provider.removesuffix("ExecutionProvider") for d in anonymizer.detectors}))
+
+            def stats() -> WorkerStats:
+                counters = {**anonymizer.counters, "dropped": dropped, "rejected": receiver.rejected}
+                inference, batches = anonymizer.inference.buckets(), anonymizer.batch_sizes
+                return WorkerStats(
+                    self.title, self.number, device, counters, inference, Buckets.of_values(batches, BATCH_BUCKETS)
+                )
+
             # One thread takes and prepares the next batch while this one infers, masks and sends: the
             # receiver is used by that thread only, the model and the sender by this one.
             dropped = 0
+            stats_due = 0.0
             with ThreadPoolExecutor(1, thread_name_prefix="prepare") as ahead:
                 upcoming = ahead.submit(take)
                 while not stop.is_set():
+                    if (now := time.monotonic()) >= stats_due:
+                        stats_due = now + STATS_INTERVAL_S
+                        channel.publish(stats())
                     taken, prepared = upcoming.result()
                     upcoming = ahead.submit(take)
                     for notice in taken.dropped:
@@ -304,5 +323,6 @@ class WorkerStage:
                     if taken.idle_at_ns:
                         # After everything taken before: the record stage may now count missing frames lost.
                         sender.send(Idle(self.number, taken.idle_at_ns), stop)
-            counters = {**anonymizer.counters, "dropped": dropped, "rejected": receiver.rejected}
-            channel.send(Finished(self.title, counters))
+            final = stats()
+            channel.publish(final)
+            channel.send(Finished(self.title, final.counters))
