@@ -11,15 +11,17 @@ EXTRAS = $(shell $(PYTHON) -m pip show -q onnxruntime-gpu >/dev/null 2>&1 && ech
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
 
-# Debian packages for the RTSP tests: GStreamer's RTSP server, driven by the system Python
-# (tests/rtsp_server.py). Installed only when missing; needs root or sudo.
+# Debian packages for the tests: GStreamer's RTSP server, driven by the system Python (tests/rtsp_server.py),
+# and the browser that loads the preview page (chromium, driven by Selenium through chromium-driver).
+# Installed only when missing; needs root or sudo.
 SYSTEM_DEPS = python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base \
-	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly chromium chromium-driver
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 system-deps:
-	@/usr/bin/python3 tests/rtsp_server.py --check 2>/dev/null || { \
-		echo "installing the RTSP test server: $(SYSTEM_DEPS)"; \
+	@{ /usr/bin/python3 tests/rtsp_server.py --check && [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } \
+		2>/dev/null || { \
+		echo "installing the RTSP test server and the browser: $(SYSTEM_DEPS)"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 			--no-install-recommends $(SYSTEM_DEPS) >/dev/null; }
 
