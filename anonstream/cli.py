@@ -165,6 +165,8 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "record": ("record.dir",),
     "output_file": ("record.output",),
     "overwrite": ("record.overwrite",),
+    "append": ("record.append",),
+    "segment": ("record.segment_s",),
     "audio": ("record.audio",),
     "record_format": ("record.format",),
     "metrics_jsonl": ("metrics.jsonl",),
@@ -175,6 +177,23 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "metrics_port": ("metrics.port",),
     "metrics_bind": ("metrics.bind",),
 }
+
+
+def _keep_flags(parser: argparse.ArgumentParser) -> None:
+    """How recordings of a run that goes on for days, or restarts, are kept."""
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        default=None,
+        help="record.append: keep a video output that exists and record on into the next numbered file "
+        "(DIR/<stream>-1.mp4...), so that a restarted service loses nothing",
+    )
+    parser.add_argument(
+        "--segment",
+        type=float,
+        metavar="S",
+        help="record.segment_s: start a new numbered video file every S seconds of a stream (default: one file)",
+    )
 
 
 def _monitor_flags(parser: argparse.ArgumentParser) -> None:
@@ -247,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="record.overwrite: replace output files that exist (otherwise the run refuses to start)",
     )
+    _keep_flags(run)
     run.add_argument(
         "--no-audio",
         dest="audio",
@@ -341,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--record", type=Path, metavar="DIR", help="record.dir: output folder")
     record.add_argument("--record-format", choices=["auto", "mp4", "images", "null"], help="record.format")
     record.add_argument("--overwrite", action="store_true", default=None, help="record.overwrite")
+    _keep_flags(record)
     record.add_argument(
         "--expect", action="append", default=[], metavar="STREAM", help="exit once this stream has ended (repeatable)"
     )
@@ -450,9 +471,14 @@ def _preflight(settings: Settings) -> None:
     for folder in (record.dir, record.output.parent if record.output else None):
         if folder is not None:
             ensure_output_dir(folder)
-    if not record.overwrite and (existing := existing_outputs(settings.sources, outputs, settings.capture)):
+    if not record.overwrite and (
+        existing := existing_outputs(settings.sources, outputs, settings.capture, record.append)
+    ):
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-        raise ConfigError(f"{existing[0]}{more} already exist(s): add --overwrite to replace, or write elsewhere")
+        raise ConfigError(
+            f"{existing[0]}{more} already exist(s): add --overwrite to replace, --append to keep videos and "
+            "record into new files, or write elsewhere"
+        )
     for name, detector in settings.active_detectors.items():
         model = model_path(detector)
         if model is not None and not model.is_file():

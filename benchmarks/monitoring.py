@@ -40,29 +40,30 @@ def _port() -> int:
 
 
 def _viewer(base: str, stop: threading.Event, counts: dict[str, int]) -> None:
-    """Prometheus once a second, and a preview page open: status once a second, the picture 4 times."""
-    tick = 0
+    """Prometheus once a second, and a preview page open: status once a second, each picture 4 times."""
+    tick, streams = 0, []
     while not stop.wait(1 / PREVIEW_FPS):
-        paths = ["preview/video.jpg"] + (["metrics", "api/status"] if tick % round(PREVIEW_FPS) == 0 else [])
+        paths = [f"preview/{name}.jpg" for name in streams]
+        paths += ["metrics", "api/status"] if tick % round(PREVIEW_FPS) == 0 else []
         tick += 1
         for path in paths:
             try:
                 with urllib.request.urlopen(base + path, timeout=5) as response:
-                    response.read()
-                    counts[path] = counts.get(path, 0) + 1
+                    body = response.read()
             except urllib.error.HTTPError:  # no picture yet
-                pass
+                continue
             except (ConnectionError, urllib.error.URLError):  # not listening yet, or gone
-                pass
+                continue
+            kind = "preview" if path.startswith("preview/") else path
+            counts[kind] = counts.get(kind, 0) + 1
+            if path == "api/status":
+                streams = [s["stream"] for s in json.loads(body)["streams"] if s["preview"]]
 
 
 def _run(video: Path, scratch: Path, monitored: bool, live: bool) -> dict[str, Any]:
-    link = scratch / "video.mp4"  # the stream id "video" whatever the file's name
-    link.unlink(missing_ok=True)
-    link.symlink_to(video.resolve())
     summary = scratch / "summary.json"
     summary.unlink(missing_ok=True)
-    argv = [*ANONSTREAM, "run", str(link), "--record", str(scratch / "out"), "--overwrite", "-q"]
+    argv = [*ANONSTREAM, "run", str(video), "--record", str(scratch / "out"), "--overwrite", "-q"]
     argv += ["--summary-json", str(summary)] + (["--realtime"] if live else [])
     counts: dict[str, int] = {}
     stop = threading.Event()
@@ -135,7 +136,9 @@ def main() -> int:
                 f"{ratio['p99_ms']:.3f}" if ratio else "",
             )
     out.print(table)
-    write_json(args.json, {"machine": info, "repeats": args.repeats, "median": medians, "on_over_off": ratios, "runs": runs})
+    write_json(
+        args.json, {"machine": info, "repeats": args.repeats, "median": medians, "on_over_off": ratios, "runs": runs}
+    )
     out.print(f"written to {args.json}")
     return 0
 

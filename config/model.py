@@ -308,6 +308,8 @@ class RecordConfig(_Section):
     dir: Path | None = None
     output: Path | None = None
     overwrite: bool = False
+    append: bool = False
+    segment_s: float = Field(default=0.0, ge=0)
     audio: bool = True
     format: Literal["auto", "mp4", "images", "null"] = "auto"
     codec: str = "libx264"
@@ -317,6 +319,12 @@ class RecordConfig(_Section):
     keyframe_interval_s: float = Field(default=1.0, gt=0, le=60)
     bind: str = "tcp://*:5600"
     drain_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_way_with_existing_files(self) -> RecordConfig:
+        if self.overwrite and self.append:
+            raise ValueError("overwrite and append exclude each other: replace existing recordings, or keep them")
+        return self
 
 
 class TransportConfig(_Section):

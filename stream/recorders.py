@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ from anonstream.closing import Closing
 from anonstream.config import CaptureConfig, RecordConfig, SourceSpec
 from anonstream.errors import ConfigError, NotAnonymizedError, RecorderError, WireError
 from anonstream.stream.sources import FolderSource, classify, stream_ids
-from anonstream.stream.wire import IMAGE_SUFFIXES, Flag, FrameHeader, FrameMessage, to_bgr8
+from anonstream.stream.wire import IMAGE_SUFFIXES, Flag, FrameHeader, FrameMessage, Stage, to_bgr8
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ class Mp4Recorder(Recorder):
 
     A change of frame size starts a new segment file (``name-1.mp4``...), as
     H.264 in MP4 cannot change size mid-stream, and so does a live source's
-    return after an outage, rather than one frame shown for the whole gap.
+    return after an outage, rather than one frame shown for the whole gap, and
+    every ``record.segment_s``. With ``record.append`` an existing file is kept
+    and the recording starts at the next free number (a restarted service).
     Fragmented MP4 (the default) stays playable if the process is killed.
     With ``copy_from`` (the source video file) its audio is copied in, packet
     for packet and in sync, and its rotation and creation time are kept.
@@ -98,6 +101,7 @@ class Mp4Recorder(Recorder):
         self._video: av.video.stream.VideoStream | None = None
         self._shape: tuple[int, ...] = ()
         self._origin = Fraction(0)  # source time (s) at the segment's time 0
+        self._segment_start = Fraction(0)  # source time (s) of the segment's first frame
         self._time_base = FINE_TIME_BASE
         self._frame_s = Fraction(1, 30)
         self._last_pts = -1
@@ -105,13 +109,16 @@ class Mp4Recorder(Recorder):
         self._source = _SourceExtras(copy_from, config.audio) if copy_from is not None else None
 
     def _segment_path(self) -> Path:
-        if not self.paths:
+        if not self.paths and not self.config.append:
             _refuse_existing(self.path, self.config)
             return self.path
         number = len(self.paths)
-        while (path := self.path.with_stem(f"{self.path.stem}-{number}")).exists() and not self.config.overwrite:
+        while (path := self._numbered(number)).exists() and not self.config.overwrite:
             number += 1  # a segment never replaces a file of an earlier run
         return path
+
+    def _numbered(self, number: int) -> Path:
+        return self.path.with_stem(f"{self.path.stem}-{number}") if number else self.path
 
     def _open(self, header: FrameHeader, height: int, width: int) -> None:
         self._finish()
@@ -142,9 +149,12 @@ class Mp4Recorder(Recorder):
         video.time_base = video.codec_context.time_base = source if source.denominator >= 10000 else FINE_TIME_BASE
         self._time_base, self._frame_s = video.time_base, 1 / rate
         first = header.pts * source
-        self._origin = first
+        self._origin = self._segment_start = first
         if self._source is not None:
             self._origin = self._source.prepare(container, video, first)
+        elif captured := header.stamps[Stage.CAPTURED]:  # a camera: when this file's first frame was taken
+            moment = datetime.fromtimestamp(captured / 1e9, UTC)
+            container.metadata["creation_time"] = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         video.options = {"crf": str(self.config.crf), "preset": self.config.preset}
         # No B-frames: no reordering delay for a live recorder, and fragmented MP4 (which has no
         # edit list) then starts presenting at time 0.
@@ -159,7 +169,12 @@ class Mp4Recorder(Recorder):
     def _write(self, message: FrameMessage) -> None:
         header, pixels = message.header, to_bgr8(message.pixels)
         height, width = pixels.shape[:2]
-        if self._container is None or (height, width) != self._shape or header.flags & Flag.RESUMED:
+        if (
+            self._container is None
+            or (height, width) != self._shape
+            or header.flags & Flag.RESUMED
+            or self._segment_full(header)
+        ):
             self._open(header, height, width)
         assert self._container is not None and self._video is not None
         if height % 2 or width % 2:
@@ -176,6 +191,11 @@ class Mp4Recorder(Recorder):
         except (OSError, av.FFmpegError) as exc:
             self._failed = True
             raise RecorderError(f"writing {self.paths[-1]} failed: {exc}") from None
+
+    def _segment_full(self, header: FrameHeader) -> bool:
+        """record.segment_s of the stream's time in this file: the next frame starts a new one."""
+        limit = self.config.segment_s
+        return bool(limit) and float(header.pts * Fraction(*header.time_base) - self._segment_start) >= limit
 
     def close(self) -> None:
         try:
@@ -423,12 +443,17 @@ def _check_output_name(path: Path, kind: str) -> None:
         raise ConfigError(f"-o {path}: a video is written as {', '.join(VIDEO_FORMATS)}; give such a name")
 
 
-def existing_outputs(sources: list[SourceSpec], outputs: dict[str, Output], capture: CaptureConfig) -> list[Path]:
-    """The files a run would write that are already there (a folder source: each of its images)."""
+def existing_outputs(
+    sources: list[SourceSpec], outputs: dict[str, Output], capture: CaptureConfig, append: bool = False
+) -> list[Path]:
+    """The files a run would write over that are already there (a folder source: each of its images).
+
+    With ``append``, a video file is not among them: the recording goes on in a new numbered file.
+    """
     found = []
     for spec, sid in zip(sources, stream_ids(sources), strict=True):
         output = outputs.get(sid)
-        if output is None:
+        if output is None or (append and output.path.suffix.lower() in VIDEO_FORMATS):
             continue
         if output.path.suffix.lower() in VIDEO_FORMATS.keys() | IMAGE_SUFFIXES:
             found += [output.path] if output.path.exists() else []

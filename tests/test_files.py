@@ -122,6 +122,26 @@ def test_output_names_the_one_file_and_existing_files_are_never_replaced_silentl
     assert cv2.imread(str(target)).shape == astronaut_bgr().shape
 
 
+def test_append_keeps_what_an_earlier_run_recorded_and_segment_splits_by_time(tmp_path: Path) -> None:
+    """A service that restarts: the second run records on after the first's files, replacing none."""
+    clip = AstronautClip(width=320, height=240, frames=45, fps=30).write(tmp_path / "cam.mp4")
+    out = tmp_path / "out"
+    args = ("run", str(clip), "--record", str(out), "--detect", "faces", "--segment", "1")
+    first = run_cli(*args, "--append")
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["cam-1.mp4", "cam.mp4"]
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    refused = run_cli(*args)
+    assert refused.returncode == 2 and "--append" in refused.stderr
+    second = run_cli(*args, "--append")
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["cam-1.mp4", "cam-2.mp4", "cam-3.mp4", "cam.mp4"]
+    assert {name: (out / name).read_bytes() for name in earlier} == earlier
+    assert [len(decode_video(out / f"cam{n}.mp4")[0]) for n in ("", "-1", "-2", "-3")] == [30, 15, 30, 15]
+    both = run_cli(*args, "--append", "--overwrite")
+    assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
 def test_a_folder_run_refuses_to_replace_any_of_its_images(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     AstronautClip(width=160, height=120, frames=3).write_images(photos)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from anonstream.config import RecordConfig
-from anonstream.errors import NotAnonymizedError, WireError
+from anonstream.errors import NotAnonymizedError, RecorderError, WireError
 from anonstream.stream.recorders import ImageFolderRecorder, ImageRecorder, Mp4Recorder, NullRecorder, make_recorder
-from anonstream.stream.wire import Flag, FrameHeader, FrameMessage, pixel_layout
+from anonstream.stream.wire import Flag, FrameHeader, FrameMessage, Stage, pixel_layout
 from tests.conftest import decode_video
 
 
@@ -75,6 +75,47 @@ def test_mp4_starts_a_new_segment_when_the_frame_size_changes(tmp_path: Path) ->
     assert [p.name for p in recorder.paths] == ["s.mp4", "s-1.mp4"]
     assert len(decode_video(tmp_path / "s.mp4")[0]) == 3
     assert len(decode_video(tmp_path / "s-1.mp4")[0]) == 2
+
+
+def test_mp4_append_keeps_an_earlier_runs_files_and_records_after_them(tmp_path: Path) -> None:
+    with Mp4Recorder("s", tmp_path / "s.mp4", RecordConfig()) as first:
+        for i in range(3):
+            first.write(message(i, np.zeros((32, 32, 3), np.uint8)))
+    earlier = (tmp_path / "s.mp4").read_bytes()
+    with pytest.raises(RecorderError, match="already exists"):
+        Mp4Recorder("s", tmp_path / "s.mp4", RecordConfig()).write(message(0, np.zeros((32, 32, 3), np.uint8)))
+    with Mp4Recorder("s", tmp_path / "s.mp4", RecordConfig(append=True)) as again:
+        for i in range(2):
+            again.write(message(i, np.zeros((32, 32, 3), np.uint8)))
+        again.write(message(2, np.zeros((48, 64, 3), np.uint8)))  # a new size: the next free number
+    assert [p.name for p in again.paths] == ["s-1.mp4", "s-2.mp4"]
+    assert (tmp_path / "s.mp4").read_bytes() == earlier
+    assert [len(decode_video(tmp_path / name)[0]) for name in ("s.mp4", "s-1.mp4", "s-2.mp4")] == [3, 2, 1]
+
+
+def test_mp4_segment_s_starts_a_new_file_every_so_many_seconds(tmp_path: Path) -> None:
+    config = RecordConfig(segment_s=0.1)  # 3 frames at 30 fps
+    taken_at = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
+    with Mp4Recorder("s", tmp_path / "s.mp4", config) as recorder:
+        for i in range(10):
+            frame = message(i, np.full((32, 32, 3), 20 * i, np.uint8))
+            frame.header.stamp(Stage.CAPTURED, taken_at + i * 200_000_000)
+            recorder.write(frame)
+    assert [p.name for p in recorder.paths] == ["s.mp4", "s-1.mp4", "s-2.mp4", "s-3.mp4"]
+    counts = [len(decode_video(path)[0]) for path in recorder.paths]
+    assert counts == [3, 3, 3, 1]
+    import av
+
+    with av.open(str(tmp_path / "s-2.mp4")) as container:  # each file starts at its own time 0
+        times = [frame.time for frame in container.decode(container.streams.video[0])]
+        created = container.metadata.get("creation_time")
+    assert sorted(times) == pytest.approx([0, 1 / 30, 2 / 30], abs=1e-3)
+    assert created == "2023-11-14T22:13:21.000000Z"  # the 7th frame, taken 1.2 s in (MP4 keeps seconds)
+
+
+def test_record_config_refuses_overwrite_with_append() -> None:
+    with pytest.raises(ValueError, match="exclude each other"):
+        RecordConfig(overwrite=True, append=True)
 
 
 def test_image_recorder_keeps_relative_names_and_formats(tmp_path: Path) -> None:
