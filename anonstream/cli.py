@@ -33,6 +33,7 @@ from anonstream import __version__
 from anonstream.config import (
     PRESETS,
     MetricsConfig,
+    ServeConfig,
     Settings,
     default_config_text,
     load_settings,
@@ -176,6 +177,8 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "status_interval": ("metrics.status_interval_s",),
     "metrics_port": ("metrics.port",),
     "metrics_bind": ("metrics.bind",),
+    "port": ("serve.port",),
+    "token_file": ("serve.token_file",),
 }
 
 
@@ -389,6 +392,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config", help="print the documented default configuration file")
 
+    serve = sub.add_parser(
+        "serve",
+        help="an HTTP service: images and videos in, anonymized out (for other software)",
+        description="Serve POST /v1/anonymize (a JPEG, PNG or WebP image in, the same anonymized out) and "
+        "POST /v1/videos (a video job: poll GET /v1/videos/ID, fetch GET /v1/videos/ID/file once), with "
+        "/healthz, /metrics and the OpenAPI description at /docs, on a pool of --workers detector sets. "
+        "Uploads are kept in a private temporary folder only while their request or job needs them.",
+    )
+    serve.add_argument("--bind", metavar="ADDRESS", help=f"serve.bind (default {ServeConfig().bind}: this host only)")
+    serve.add_argument("--port", type=int, metavar="PORT", help=f"serve.port (default {ServeConfig().port})")
+    serve.add_argument(
+        "--workers", type=int, metavar="N", help="worker.count: detector sets, each on its share of the cores"
+    )
+    serve.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="serve.token_file: require 'Authorization: Bearer TOKEN' on /v1/, TOKEN read from FILE",
+    )
+    _detector_flags(serve)
+    _config_flags(serve)
+
     models = sub.add_parser(
         "models",
         help="list every model anonstream can use: file, sha256, package, licence",
@@ -413,7 +438,7 @@ def _overrides(args: argparse.Namespace) -> list[dict[str, Any]]:
     if uris:
         overrides.append({"sources": [{"uri": uri} for uri in uris]})
     if getattr(args, "bind", None):
-        section = "capture" if args.command == "capture" else "record"
+        section = args.command if args.command in ("capture", "serve") else "record"
         overrides.append({section: {"bind": args.bind}})
     if getattr(args, "input", None):
         overrides.append({"worker": {"inputs": args.input}})
@@ -724,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     level = _console_logging(console, args)
     try:
-        check_installation(runtime=args.command in ("run", "demo", "worker"))
+        check_installation(runtime=args.command in ("run", "demo", "worker", "serve"))
         overrides = _overrides(args)
         if args.command == "demo":
             return _demo(args, overrides, console, level)
@@ -733,6 +758,10 @@ def main(argv: list[str] | None = None) -> int:
             return _models(settings, args.json)
         if args.command == "run":
             return _run_pipeline(settings, console, level, args.quiet)
+        if args.command == "serve":
+            from anonstream.service import serve
+
+            return serve(settings)
         if args.command == "capture":
             from anonstream.stream.capture import CaptureStage
             from anonstream.stream.sources import stream_ids

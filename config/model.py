@@ -346,6 +346,21 @@ class MetricsConfig(_Section):
     linger_s: float = Field(default=0.0, ge=0)
 
 
+class ServeConfig(_Section):
+    """``anonstream serve``: the HTTP service, on a pool of worker.count detector sets."""
+
+    bind: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8800, ge=1, le=65535)
+    queue: int = Field(default=16, ge=0)
+    max_image_mb: float = Field(default=32.0, gt=0)
+    max_pixels: int = Field(default=50_000_000, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_video_mb: float = Field(default=2048.0, gt=0)
+    max_jobs: int = Field(default=4, ge=1)
+    retention_s: float = Field(default=3600.0, gt=0)
+    token_file: Path | None = None
+
+
 Preset = Literal["fast", "balanced", "max-privacy"]
 PRESETS: tuple[Preset, ...] = ("fast", "balanced", "max-privacy")
 DEFAULT_PRESET: Preset = "balanced"
@@ -383,6 +398,7 @@ class Settings(_Section):
     record: RecordConfig = RecordConfig()
     transport: TransportConfig = TransportConfig()
     metrics: MetricsConfig = MetricsConfig()
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="before")
     @classmethod

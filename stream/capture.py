@@ -20,11 +20,36 @@ from anonstream.config import Settings, SourceSpec
 from anonstream.errors import SourceError
 from anonstream.process import Channel, Finished
 from anonstream.stream.ledger import Ledger, Window
-from anonstream.stream.sources import SourceInfo, open_source, redact
+from anonstream.stream.sources import SourceFrame, SourceInfo, open_source, redact
 from anonstream.stream.transport import FrameSender
 from anonstream.stream.wire import EndOfStream, Flag, FrameHeader, FrameMessage, Stage, pixel_layout
 
 log = logging.getLogger(__name__)
+
+
+def frame_header(info: SourceInfo, frame: SourceFrame, seq: int, flags: Flag, dropped: int = 0) -> FrameHeader:
+    """The header a source's frame travels with (its rate read now: a network stream's is known once connected)."""
+    return FrameHeader(
+        stream=info.stream_id,
+        seq=seq,
+        index=frame.index,
+        pts=frame.pts,
+        time_base=(info.time_base.numerator, info.time_base.denominator),
+        rate=(info.rate.numerator, info.rate.denominator),
+        shape=tuple(frame.pixels.shape),
+        dtype=str(frame.pixels.dtype),
+        pixfmt=pixel_layout(frame.pixels),
+        name=frame.name,
+        dropped=dropped,
+        flags=flags,
+    )
+
+
+def source_flags(info: SourceInfo, settings: Settings) -> Flag:
+    """STILL for photos (each stands alone), LIVE for what must never wait (cameras, --realtime)."""
+    still = settings.capture.stills or info.kind == "image"
+    live = info.live or settings.capture.realtime
+    return (Flag.STILL if still else Flag.NONE) | (Flag.LIVE if live else Flag.NONE)
 
 
 @dataclass(frozen=True)
@@ -65,8 +90,7 @@ class CaptureStage:
             window = None
             if self.ledger is not None and not live:
                 window = Window(self.ledger, self.slot, *cfg.in_flight)
-            still = cfg.capture.stills or info.kind == "image"  # a photo on its own is a still
-            flags = (Flag.STILL if still else Flag.NONE) | (Flag.LIVE if live else Flag.NONE)
+            flags = source_flags(info, cfg)
             while True:
                 try:
                     frame = next(frames)
@@ -88,21 +112,8 @@ class CaptureStage:
                         reason = "stopped"
                         break
                     captured = time.time_ns()
-                rate = source.info.rate  # a network stream's is known once connected
-                header = FrameHeader(
-                    stream=self.stream_id,
-                    seq=seq,
-                    index=frame.index,
-                    pts=frame.pts,
-                    time_base=(info.time_base.numerator, info.time_base.denominator),
-                    rate=(rate.numerator, rate.denominator),
-                    shape=tuple(frame.pixels.shape),
-                    dtype=str(frame.pixels.dtype),
-                    pixfmt=pixel_layout(frame.pixels),
-                    name=frame.name,
-                    dropped=dropped,
-                    flags=flags | Flag.RESUMED if frame.resumed or resumed_dropped else flags,
-                )
+                resumed = frame.resumed or resumed_dropped
+                header = frame_header(source.info, frame, seq, flags | Flag.RESUMED if resumed else flags, dropped)
                 header.stamp(Stage.CAPTURED, captured)
                 if window is not None and not window.wait(frame.pixels.nbytes, stop):
                     reason = "stopped"

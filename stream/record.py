@@ -60,7 +60,7 @@ class RecordStage:
         loss_timeout_s, idle_timeout_s = cfg.sequencer.loss_timeout_s, cfg.record.drain_timeout_s
         sequencer = Sequencer(loss_timeout_s, frames, nbytes, self.workers, idle_timeout_s)
         recorders: dict[str, Recorder] = {}
-        hold = _Hold(cfg)
+        hold = Hold(cfg)
         live = {
             sid
             for spec, sid in zip(cfg.sources, stream_ids(cfg.sources), strict=True)
@@ -150,7 +150,7 @@ class RecordStage:
     def _record(
         self,
         message: FrameMessage,
-        hold: _Hold,
+        hold: Hold,
         recorders: dict[str, Recorder],
         stats: StreamMetrics,
         frame_log: FrameLog,
@@ -235,7 +235,7 @@ class _Previews:
 
 
 @dataclass
-class _Hold:
+class Hold:
     """The tracker step: masks, with the workers' masking code, what a stream's tracks still hold."""
 
     settings: Settings

@@ -199,9 +199,9 @@ def test_worker_masks_the_whole_frame_when_the_model_fails(tmp_path: Path) -> No
     from anonstream.config import MaskConfig
     from anonstream.stream.masking import Masking
     from anonstream.stream.wire import Flag, FrameHeader, FrameMessage
-    from anonstream.workers.worker import Anonymizer
+    from anonstream.workers.worker import FrameAnonymizer
 
-    anonymizer = Anonymizer([face_detector(model=nan_model(tmp_path / "nan.onnx"))], Masking(MaskConfig()))
+    anonymizer = FrameAnonymizer([face_detector(model=nan_model(tmp_path / "nan.onnx"))], Masking(MaskConfig()))
     photo = astronaut_bgr()
     header = FrameHeader("s", 0, 0, 0, (1, 30), (30, 1), photo.shape, "uint8", "bgr")
     out = anonymizer.process(FrameMessage(header, photo.copy()))

@@ -15,7 +15,7 @@ from anonstream.stream.masking import Masking
 from anonstream.stream.transport import FrameReceiver, FrameSender
 from anonstream.stream.wire import Dropped, EndOfStream, Flag
 from anonstream.workers.detectors import Frame
-from anonstream.workers.worker import Anonymizer, Backlog, Taken
+from anonstream.workers.worker import Backlog, FrameAnonymizer, Taken
 from tests.conftest import MARK, face_detector, marked_model, raw_frame, run_cli
 
 
@@ -44,7 +44,7 @@ def test_a_batch_of_frames_finds_what_each_frame_finds_alone(batch_size: int) ->
 def test_one_failing_frame_in_a_batch_costs_only_itself(tmp_path: Path) -> None:
     """The model fails on the marked frame only: it goes out fully masked, its batch mates normally."""
     model = marked_model(tmp_path / "poisoned.onnx", fill=float("nan"))
-    anonymizer = Anonymizer([face_detector(model=model)], Masking(MaskConfig()))
+    anonymizer = FrameAnonymizer([face_detector(model=model)], Masking(MaskConfig()))
     photo = astronaut_bgr()
     marked = photo.copy()
     marked[:MARK, :MARK] = 255

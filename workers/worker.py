@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Anonymizer:
+class FrameAnonymizer:
     """Every detector, then masking, for a batch of frames, failing closed frame by frame."""
 
     detectors: list[Detector]
@@ -49,6 +49,11 @@ class Anonymizer:
     )
     inference: LatencyHistogram = field(default_factory=LatencyHistogram)  # ms per batch, every detector
     batch_sizes: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def device(self) -> str:
+        """Where the detectors run, as metrics label it: CPU, CUDA, Tensorrt."""
+        return ", ".join(sorted({d.provider.removesuffix("ExecutionProvider") for d in self.detectors}))
 
     @property
     def batch_size(self) -> int:
@@ -274,7 +279,7 @@ class WorkerStage:
         cfg = self.settings
         threads = self.threads or cfg.runtime.threads or max(1, (os.cpu_count() or 1) // cfg.worker.count)
         cv2.setNumThreads(threads)  # resizing and masking share the worker's share of the cores
-        anonymizer = Anonymizer(make_detectors(cfg, threads), Masking(cfg.mask, cfg.mask_scales))
+        anonymizer = FrameAnonymizer(make_detectors(cfg, threads), Masking(cfg.mask, cfg.mask_scales))
         hwm, linger = cfg.transport.frame_hwm, cfg.transport.linger_ms
         accept = (FrameMessage, EndOfStream)
         with FrameReceiver(hwm, linger, accept) as receiver, FrameSender(hwm, linger) as sender:
@@ -290,7 +295,7 @@ class WorkerStage:
                 taken = backlog.take()
                 return taken, anonymizer.prepare(taken.frames) if taken.frames else None
 
-            device = ", ".join(sorted({d.provider.removesuffix("ExecutionProvider") for d in anonymizer.detectors}))
+            device = anonymizer.device
 
             def stats() -> WorkerStats:
                 counters = {**anonymizer.counters, "dropped": dropped, "rejected": receiver.rejected}
