@@ -26,6 +26,7 @@ import logging
 import os
 import queue
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -62,6 +63,7 @@ IMAGE_FORMATS = {
     "WEBP": ("image/webp", ".webp", [cv2.IMWRITE_WEBP_QUALITY, 95]),
 }
 IMAGE_OPTIONS = frozenset({"mask", "detect", "boxes"})
+STILL_DEMUXERS = frozenset({"image2", "gif"})  # FFmpeg reads an image as a one-frame video: not a video job
 RETRY_AFTER_S = 1
 REAP_EVERY_S = 10.0
 CHUNK = 1 << 20
@@ -299,6 +301,8 @@ class Service:
     def start(self, job: Job) -> None:
         try:
             with av.open(str(job.source)) as container:
+                if container.format.name in STILL_DEMUXERS or container.format.name.endswith("_pipe"):
+                    raise BadRequest(415, "the upload is an image, not a video: send it to /v1/anonymize")
                 if not container.streams.video:
                     raise BadRequest(415, "the upload has no video stream")
                 job.total = container.streams.video[0].frames or None
@@ -566,7 +570,14 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     host, port = _address(settings)
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    try:  # bound here, before the models load, so that a port in use is one clear line
+        listening = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise ConfigError(f"serve.port: cannot listen on {host}:{port} ({reason}); choose another --port") from None
+    config = uvicorn.Config(create_app(settings), log_config=None, access_log=False)
     server = uvicorn.Server(config)
-    server.run()
+    # uvicorn shuts down cleanly, then passes on the Ctrl-C or SIGTERM that stopped it: a clean stop
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[listening])
     return 0 if server.started else 2
