@@ -178,6 +178,9 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "metrics_port": ("metrics.port",),
     "metrics_bind": ("metrics.bind",),
     "port": ("serve.port",),
+    "secret_key": ("security.secret_key",),
+    "allow": ("security.allow",),
+    "insecure_plaintext": ("security.insecure_plaintext",),
     "token_file": ("serve.token_file",),
 }
 
@@ -196,6 +199,27 @@ def _keep_flags(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="S",
         help="record.segment_s: start a new numbered video file every S seconds of a stream (default: one file)",
+    )
+
+
+def _security_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("security (TCP links between hosts: CurveZMQ keys, see `anonstream keys`)")
+    g.add_argument("--secret-key", type=Path, metavar="FILE", help="security.secret_key: this role's secret key file")
+    g.add_argument(
+        "--allow", type=Path, metavar="DIR", help="security.allow: the public keys (*.key) let in to what it binds"
+    )
+    g.add_argument(
+        "--server-key",
+        action="append",
+        metavar="ENDPOINT=FILE",
+        help="security.servers: the public key of the role listening at ENDPOINT (repeatable)",
+    )
+    g.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        default=None,
+        help="security.insecure_plaintext: allow TCP links without keys; frames cross the network "
+        "unencrypted and anyone who reaches a port can send or take them (a trusted lab network only)",
     )
 
 
@@ -327,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--bind", metavar="ENDPOINT", help="capture.bind, e.g. tcp://*:5555")
     capture.add_argument("--realtime", action="store_true", default=None, help="capture.realtime")
     capture.add_argument("--stills", action="store_true", default=None, help=STILLS_HELP)
+    _security_flags(capture)
     _config_flags(capture)
 
     worker = sub.add_parser(
@@ -352,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _monitor_flags(worker)
     _detector_flags(worker)
+    _security_flags(worker)
     _config_flags(worker)
 
     record = sub.add_parser(
@@ -371,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--metrics-jsonl", type=Path, metavar="FILE", help="metrics.jsonl")
     record.add_argument("--status-interval", type=float, metavar="S", help="metrics.status_interval_s")
     _monitor_flags(record)
+    _security_flags(record)
     _config_flags(record)
 
     demo = sub.add_parser(
@@ -391,6 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flags(demo)
 
     sub.add_parser("config", help="print the documented default configuration file")
+
+    keys = sub.add_parser(
+        "keys",
+        help="make a CurveZMQ keypair for a role on its own host",
+        description="Write NAME.key (public: copy it to the hosts this one talks to: into their security.allow "
+        "folder, or as their security.servers entry for this host's endpoint) and NAME.key_secret (secret, "
+        "mode 600: it stays on this host, as this role's security.secret_key).",
+    )
+    keys.add_argument("name", metavar="NAME", help="the role or host the pair is for, e.g. capture-front, worker-1")
+    keys.add_argument("--dir", type=Path, default=Path("."), metavar="DIR", help="where to write them (default .)")
+    _config_flags(keys)
 
     serve = sub.add_parser(
         "serve",
@@ -440,6 +478,11 @@ def _overrides(args: argparse.Namespace) -> list[dict[str, Any]]:
     if getattr(args, "bind", None):
         section = args.command if args.command in ("capture", "serve") else "record"
         overrides.append({section: {"bind": args.bind}})
+    for assignment in getattr(args, "server_key", None) or []:
+        endpoint, _, key = assignment.rpartition("=")
+        if not endpoint or not key:
+            raise ConfigError(f"--server-key {assignment}: give ENDPOINT=FILE, e.g. tcp://camhost:5555=capture.key")
+        overrides.append({"security": {"servers": {endpoint: key}}})
     if getattr(args, "input", None):
         overrides.append({"worker": {"inputs": args.input}})
     if getattr(args, "output", None):
@@ -758,6 +801,12 @@ def main(argv: list[str] | None = None) -> int:
             return _models(settings, args.json)
         if args.command == "run":
             return _run_pipeline(settings, console, level, args.quiet)
+        if args.command == "keys":
+            from anonstream.stream.keys import make_keypair
+
+            public, secret = make_keypair(args.dir, args.name)
+            sys.stdout.write(f"public key: {public}\nsecret key: {secret} (keep it on this host only)\n")
+            return 0
         if args.command == "serve":
             from anonstream.service import serve
 

@@ -50,7 +50,7 @@ from starlette.concurrency import run_in_threadpool
 
 from anonstream import __version__
 from anonstream.api import AnonymizationError, Anonymized, Anonymizer
-from anonstream.config import Settings
+from anonstream.config import MaskMode, Settings
 from anonstream.errors import AnonstreamError, ConfigError
 from anonstream.stream.metrics import LATENCY_BUCKETS_S
 
@@ -65,6 +65,8 @@ IMAGE_FORMATS = {
 IMAGE_OPTIONS = frozenset({"mask", "detect", "boxes"})
 STILL_DEMUXERS = frozenset({"image2", "gif"})  # FFmpeg reads an image as a one-frame video: not a video job
 RETRY_AFTER_S = 1
+ROUTES = frozenset({"/v1/anonymize", "/v1/videos", "/healthz", "/metrics", "/docs", "/openapi.json"})
+VIDEO_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska", ".m4v": "video/x-m4v"}
 REAP_EVERY_S = 10.0
 CHUNK = 1 << 20
 
@@ -404,18 +406,20 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.middleware("http")
     async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """The token, the headers every answer carries, and the figures: one place for every route."""
         started = time.perf_counter()
-        route = request.url.path if not request.url.path.startswith("/v1/videos/") else "/v1/videos/{id}"
         svc = holder.get("service")
-        if svc is not None and svc.token is not None and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), svc.token.encode()):
-                refused = {"error": "missing or wrong API token (Authorization: Bearer ...)"}
-                return JSONResponse(refused, 401)
-        response: Response = await call_next(request)
+        path = request.url.path
+        token = svc.token if svc is not None else None
+        response: Response
+        if token is not None and path.startswith("/v1/") and not _authorized(request, token):
+            response = JSONResponse({"error": "missing or wrong API token (Authorization: Bearer ...)"}, 401)
+        else:
+            response = await call_next(request)
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Content-Type-Options"] = "nosniff"
         if svc is not None:
+            route = _route(path)
             svc.metrics.requests.labels(route, str(response.status_code)).inc()
             svc.metrics.seconds.labels(route).observe(time.perf_counter() - started)
         return response
@@ -431,7 +435,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def anonymize(
         request: Request,
-        mask: Literal["blur", "pixelate", "solid"] | None = None,
+        mask: MaskMode | None = None,
         detect: str | None = None,
         boxes: Literal["header", "json"] | None = None,
     ) -> Response:
@@ -468,7 +472,7 @@ def create_app(settings: Settings) -> FastAPI:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if not media.startswith("video/"):
             raise BadRequest(415, f"Content-Type {media or '(none)'} is not a video type: send video/mp4 or similar")
-        suffix = {"video/quicktime": ".mov", "video/x-matroska": ".mkv", "video/x-m4v": ".m4v"}.get(media, ".mp4")
+        suffix = next((suffix for suffix, kind in VIDEO_TYPES.items() if kind == media), ".mp4")
         job = svc.new_job(suffix)
         try:
             await _save(request, job.source, svc.settings.serve.max_video_mb)
@@ -491,7 +495,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise BadRequest(409, f"the job is {job.state}: fetch the file once it is done")
         remove = BackgroundTask(shutil.rmtree, job.folder, ignore_errors=True)
         name = f"{job_id}{job.output.suffix}"
-        return FileResponse(job.output, media_type="video/mp4", filename=name, background=remove)
+        return FileResponse(job.output, media_type=VIDEO_TYPES[job.output.suffix], filename=name, background=remove)
 
     @app.delete("/v1/videos/{job_id}", status_code=204, summary="Forget a job and delete its files")
     async def delete_video(job_id: str) -> Response:
@@ -513,6 +517,18 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(service().metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _authorized(request: Request, token: str) -> bool:
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def _route(path: str) -> str:
+    """The route a path belongs to, for metric labels: a scan of random paths cannot add series without bound."""
+    if path.startswith("/v1/videos/"):
+        return "/v1/videos/{id}/file" if path.endswith("/file") else "/v1/videos/{id}"
+    return path if path in ROUTES else "other"
 
 
 def _known_options(request: Request, known: frozenset[str]) -> None:

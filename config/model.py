@@ -226,8 +226,11 @@ class TrackerStyle(_Section):
     follow_frames: int = Field(default=45, ge=0)
 
 
+MaskMode = Literal["blur", "pixelate", "solid"]
+
+
 class MaskStyle(_Section):
-    mode: Literal["blur", "pixelate", "solid"] = "blur"
+    mode: MaskMode = "blur"
     shape: Literal["box", "ellipse"] = "box"
     blocks: int = Field(default=8, ge=2, le=64)
     color: tuple[int, int, int] = (0, 0, 0)
@@ -346,6 +349,15 @@ class MetricsConfig(_Section):
     linger_s: float = Field(default=0.0, ge=0)
 
 
+class SecurityConfig(_Section):
+    """CurveZMQ keys for the TCP links between roles on separate hosts (``anonstream keys`` makes them)."""
+
+    secret_key: Path | None = None
+    allow: Path | None = None
+    servers: dict[str, Path] = {}
+    insecure_plaintext: bool = False
+
+
 class ServeConfig(_Section):
     """``anonstream serve``: the HTTP service, on a pool of worker.count detector sets."""
 
@@ -399,6 +411,7 @@ class Settings(_Section):
     transport: TransportConfig = TransportConfig()
     metrics: MetricsConfig = MetricsConfig()
     serve: ServeConfig = ServeConfig()
+    security: SecurityConfig = SecurityConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from anonstream.config import Settings, SourceSpec
 from anonstream.errors import SourceError
 from anonstream.process import Channel, Finished
+from anonstream.stream.keys import network_for
 from anonstream.stream.ledger import Ledger, Window
 from anonstream.stream.sources import SourceFrame, SourceInfo, open_source, redact
-from anonstream.stream.transport import FrameSender
 from anonstream.stream.wire import EndOfStream, Flag, FrameHeader, FrameMessage, Stage, pixel_layout
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,12 @@ class CaptureStage:
 
     def serve(self, stop: threading.Event, channel: Channel) -> None:
         cfg = self.settings
+        linger_ms = round(cfg.capture.linger_s * 1000)
         with (
+            network_for(cfg.security) as network,
             open_source(self.spec, self.stream_id, cfg.capture, stop) as source,
             # Closing waits (up to linger_s) until the workers have taken every queued frame and the end of stream.
-            FrameSender(cfg.transport.frame_hwm, round(cfg.capture.linger_s * 1000)).bind(self.endpoint) as sender,
+            network.sender(cfg.transport.frame_hwm, linger_ms).bind(self.endpoint) as sender,
         ):
             info = source.info
             live = info.live or cfg.capture.realtime

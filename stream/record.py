@@ -23,6 +23,7 @@ from anonstream.config import MetricsConfig, Settings
 from anonstream.errors import NotAnonymizedError, RecorderError, WireError
 from anonstream.process import Channel, Finished, log_sampled
 from anonstream.stream.detections import Detections
+from anonstream.stream.keys import network_for
 from anonstream.stream.ledger import Ledger
 from anonstream.stream.masking import Masking
 from anonstream.stream.metrics import STATS_INTERVAL_S, FrameLog, RecordStats, RunSummary, StatusLines, StreamMetrics
@@ -30,7 +31,7 @@ from anonstream.stream.recorders import Output, PreviewRecorder, Recorder, ensur
 from anonstream.stream.sequencer import Ended, Lost, Released, Sequencer
 from anonstream.stream.sources import lossless, stream_ids
 from anonstream.stream.tracker import Tracker
-from anonstream.stream.transport import MAX_STREAMS, FrameReceiver
+from anonstream.stream.transport import MAX_STREAMS
 from anonstream.stream.wire import Dropped, Flag, FrameMessage, Idle, Message, Stage
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ class RecordStage:
         hwm, linger = cfg.transport.frame_hwm, cfg.transport.linger_ms
         metrics_cfg = cfg.metrics
         with (
-            FrameReceiver(hwm, linger).bind(self.endpoint) as receiver,
+            network_for(cfg.security) as network,
+            network.receiver(hwm, linger).bind(self.endpoint) as receiver,
             FrameLog(metrics_cfg.jsonl, metrics_cfg.jsonl_every, metrics_cfg.jsonl_max_mb) as frame_log,
         ):
             try:
@@ -140,7 +142,7 @@ class RecordStage:
         channel.publish(self._stats(metrics, time.monotonic()))
         late = sum(sequencer.late.values())
         rejected = receiver.rejected + counters["rejected"]
-        channel.send(Finished(self.title, {"rejected": rejected, "late": late}, summary))
+        channel.send(Finished(self.title, {"rejected": rejected, "late": late, "denied": network.denied}, summary))
 
     def _stats(self, metrics: dict[str, StreamMetrics], now: float) -> RecordStats:
         """The stats event: the same summary the run ends with, as it stands now."""

@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Self
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from anonstream.closing import Closing
@@ -31,13 +34,123 @@ DEFAULT_LIVE_DEPTH = 1  # frames of one live stream a worker holds unseen; a new
 MAX_BACKLOG = 256  # messages a worker holds unseen at most, whatever their streams claim
 MAX_STREAMS = 256  # streams a record process without --expect accepts
 POLL_MS = 100  # how often blocking loops look at their stop flag
+ZAP_DOMAIN = "anonstream"  # the authentication domain of every bound TCP socket
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 PEERS_TIMEOUT_S = 30.0  # how long a capture waits for every worker to connect before it settles for fewer
 
 
+@dataclass(frozen=True)
+class Curve:
+    """CurveZMQ keys of one process (z85): its own pair, the clients it lets in, the servers it talks to."""
+
+    public: bytes
+    secret: bytes
+    allowed: frozenset[bytes]  # public keys of the clients its bound sockets accept
+    servers: Mapping[str, bytes]  # endpoint -> public key of the server there
+
+
+class Network(Closing):
+    """One process's ZeroMQ context and keys: every socket of a stage comes from here, secured alike.
+
+    A socket on ``tcp://`` is encrypted and authenticated with CurveZMQ: a bound one lets in only
+    the allowed client keys (a ZAP handler; refusals are logged and counted), a connecting one
+    checks the server's key. Without keys a TCP socket is refused, unless ``plaintext_ok``.
+    ``ipc://`` and ``inproc://`` stay on the host, in a folder only this user can open.
+    """
+
+    def __init__(self, curve: Curve | None = None, plaintext_ok: bool = False) -> None:
+        self.context = zmq.Context()
+        self.curve, self.plaintext_ok = curve, plaintext_ok
+        self.denied = 0  # clients refused: an unknown key, or no encryption at all
+        self._auth: ThreadAuthenticator | None = None
+        self._watch: threading.Thread | None = None
+        self._monitors: list[zmq.Socket[bytes]] = []
+        self._stop = threading.Event()
+
+    def sender(self, hwm: int = DEFAULT_FRAME_HWM, linger_ms: int = DEFAULT_LINGER_MS) -> FrameSender:
+        return FrameSender(hwm, linger_ms, self)
+
+    def receiver(
+        self,
+        hwm: int = DEFAULT_FRAME_HWM,
+        linger_ms: int = DEFAULT_LINGER_MS,
+        accept: tuple[type[Message], ...] = (FrameMessage, EndOfStream, Dropped, Idle),
+    ) -> FrameReceiver:
+        return FrameReceiver(hwm, linger_ms, accept, self)
+
+    def secure(self, socket: zmq.Socket[bytes], endpoint: str, server: bool) -> None:
+        """Before bind (``server``) or connect: the keys for a TCP endpoint, or an error if there are none."""
+        if not endpoint.startswith("tcp://"):
+            return
+        if self.curve is None:
+            if self.plaintext_ok:
+                return
+            raise WireError(
+                f"{endpoint} would carry frames unencrypted: give this role keys (security.secret_key, "
+                "security.allow or security.servers; see `anonstream keys`), or --insecure-plaintext on a "
+                "network you trust"
+            )
+        socket.curve_secretkey, socket.curve_publickey = self.curve.secret, self.curve.public
+        if not server:
+            key = self.curve.servers.get(endpoint)
+            if key is None:
+                raise WireError(f"no server key for {endpoint}: add it to security.servers")
+            socket.curve_serverkey = key
+            return
+        if self._auth is None:
+            self._auth = ThreadAuthenticator(self.context, log=logging.getLogger("anonstream.auth"))
+            self._auth.start()
+            self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self)
+        socket.curve_server = True
+        socket.zap_domain = ZAP_DOMAIN.encode()
+        self._monitors.append(socket.get_monitor_socket(HANDSHAKE_FAILED))
+        if self._watch is None:
+            self._watch = threading.Thread(target=self._watch_handshakes, name="handshakes", daemon=True)
+            self._watch.start()
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """The ZAP handler's question: may this client key in?"""
+        assert self.curve is not None
+        if key in self.curve.allowed:
+            return True
+        self._deny(f"a client with a key not in security.allow ({key[:8].decode(errors='replace')}...)")
+        return False
+
+    def _deny(self, who: str) -> None:
+        self.denied += 1
+        if log_sampled(self.denied):
+            log.warning("refused %s (%d refused so far)", who, self.denied)
+
+    def _watch_handshakes(self) -> None:
+        """Clients that fail the handshake before any key is seen (no encryption, wrong server key): counted."""
+        poller = zmq.Poller()
+        for monitor in list(self._monitors):
+            poller.register(monitor, zmq.POLLIN)
+        while not self._stop.is_set():
+            for monitor, _ in poller.poll(POLL_MS):
+                event = recv_monitor_message(monitor)
+                if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # the ZAP handler counted those
+                    self._deny(f"a client that failed the encrypted handshake (event {event['event']})")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.join()
+        for monitor in self._monitors:
+            monitor.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        self.context.term()
+
+
 class _Socket(Closing):
-    def __init__(self, kind: int, hwm: int, linger_ms: int) -> None:
-        self._context = zmq.Context()
-        self.socket: zmq.Socket[bytes] = self._context.socket(kind)
+    def __init__(self, kind: int, hwm: int, linger_ms: int, network: Network | None = None) -> None:
+        # Alone (tests, tools), a socket has a context of its own; in a stage, the process's network's.
+        self._own = network is None
+        self.network = network or Network(plaintext_ok=True)
+        self.socket: zmq.Socket[bytes] = self.network.context.socket(kind)
         self.socket.setsockopt(zmq.LINGER, linger_ms)
         if kind == zmq.PUSH:
             self.socket.setsockopt(zmq.SNDHWM, hwm)
@@ -47,30 +160,41 @@ class _Socket(Closing):
 
     def bind(self, endpoint: str) -> Self:
         try:
+            self.network.secure(self.socket, endpoint, server=True)
             self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
             self.close()
             raise WireError(f"cannot listen on {endpoint}: {exc} (is another process using it?)") from None
+        except WireError:
+            self.close()
+            raise
         return self
 
     def connect(self, endpoint: str) -> Self:
         try:
+            self.network.secure(self.socket, endpoint, server=False)
             self.socket.connect(endpoint)
         except zmq.ZMQError as exc:
             self.close()
             raise WireError(f"cannot connect to {endpoint}: {exc}") from None
+        except WireError:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
         self.socket.close()
-        self._context.term()
+        if self._own:
+            self.network.close()
 
 
 class FrameSender(_Socket):
     """A PUSH socket for wire messages; blocking sends give back-pressure."""
 
-    def __init__(self, hwm: int = DEFAULT_FRAME_HWM, linger_ms: int = DEFAULT_LINGER_MS) -> None:
-        super().__init__(zmq.PUSH, hwm, linger_ms)
+    def __init__(
+        self, hwm: int = DEFAULT_FRAME_HWM, linger_ms: int = DEFAULT_LINGER_MS, network: Network | None = None
+    ) -> None:
+        super().__init__(zmq.PUSH, hwm, linger_ms, network)
 
     def wait_for_peers(self, stop: threading.Event, peers: int = 1, timeout_s: float = PEERS_TIMEOUT_S) -> bool:
         """Block until ``peers`` receivers have connected (False if stopped first).
@@ -123,8 +247,9 @@ class FrameReceiver(_Socket):
         hwm: int = DEFAULT_FRAME_HWM,
         linger_ms: int = DEFAULT_LINGER_MS,
         accept: tuple[type[Message], ...] = (FrameMessage, EndOfStream, Dropped, Idle),
+        network: Network | None = None,
     ) -> None:
-        super().__init__(zmq.PULL, hwm, linger_ms)
+        super().__init__(zmq.PULL, hwm, linger_ms, network)
         self.rejected = 0
         self._accept = accept
 

@@ -84,8 +84,10 @@ def _corpus(count: int) -> list[list[bytes]]:
 def test_real_frames_come_through_thousands_of_hostile_messages(tmp_path: Path) -> None:
     real_port, bad_port, rec_port = free_port(), free_port(), free_port()
     out = tmp_path / "out"
-    record = start_cli("record", "--bind", f"tcp://127.0.0.1:{rec_port}", "--record", str(out), "--expect", REAL)
-    worker_args = ["--input", f"tcp://127.0.0.1:{real_port}", "--input", f"tcp://127.0.0.1:{bad_port}"]
+    # --insecure-plaintext: hostile senders that got past the keys (or a lab network without them)
+    plain = "--insecure-plaintext"
+    record = start_cli("record", "--bind", f"tcp://127.0.0.1:{rec_port}", "--record", str(out), "--expect", REAL, plain)
+    worker_args = ["--input", f"tcp://127.0.0.1:{real_port}", "--input", f"tcp://127.0.0.1:{bad_port}", plain]
     worker = start_cli("worker", *worker_args, "--output", f"tcp://127.0.0.1:{rec_port}")
     corpus = _corpus(GARBAGE)
     clip = AstronautClip(width=320, height=180, frames=FRAMES)

@@ -29,9 +29,10 @@ import numpy as np
 from anonstream.config import Settings
 from anonstream.process import Channel, Finished, log_sampled
 from anonstream.stream.detections import Detections
+from anonstream.stream.keys import network_for
 from anonstream.stream.masking import Masking, mask_whole_frame
 from anonstream.stream.metrics import BATCH_BUCKETS, STATS_INTERVAL_S, Buckets, LatencyHistogram, WorkerStats
-from anonstream.stream.transport import MAX_BACKLOG, POLL_MS, FrameReceiver, FrameSender
+from anonstream.stream.transport import MAX_BACKLOG, POLL_MS, FrameReceiver
 from anonstream.stream.wire import Box, Dropped, EndOfStream, Flag, FrameHeader, FrameMessage, Idle, Stage
 from anonstream.workers.detectors import Detector, Frame, Prepared, make_detectors
 
@@ -282,7 +283,11 @@ class WorkerStage:
         anonymizer = FrameAnonymizer(make_detectors(cfg, threads), Masking(cfg.mask, cfg.mask_scales))
         hwm, linger = cfg.transport.frame_hwm, cfg.transport.linger_ms
         accept = (FrameMessage, EndOfStream)
-        with FrameReceiver(hwm, linger, accept) as receiver, FrameSender(hwm, linger) as sender:
+        with (
+            network_for(cfg.security) as network,
+            network.receiver(hwm, linger, accept) as receiver,
+            network.sender(hwm, linger) as sender,
+        ):
             for endpoint in self.inputs:
                 receiver.connect(endpoint)
             sender.connect(self.output)
