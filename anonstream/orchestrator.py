@@ -128,6 +128,9 @@ class Pipeline:
         self._running: list[_Running] = []
         self._restarts: deque[float] = deque()
         self.worker_restarts = 0
+        self._capture_restarts: deque[float] = deque()
+        self.capture_restarts = 0
+        self._reported: list[_Running] = []  # captures that died and were not restarted
 
     def request_stop(self) -> None:
         """First call: stop capturing and drain. Second: stop everything now."""
@@ -271,6 +274,8 @@ class Pipeline:
                 if not worker.process.is_alive():
                     ledger.worker_died()  # before the restart: the record process may now count its frames lost
                     workers[index] = self._restart(worker)
+            if not stopping_captures:
+                self._watch_captures(captures)
             uncounted = any(ledger.sent_total(slot) is None for slot in range(len(captures)))
             if drain_deadline is None and (live or uncounted) and not any(c.process.is_alive() for c in captures):
                 drain_deadline = time.monotonic() + cfg.record.drain_timeout_s
@@ -284,18 +289,56 @@ class Pipeline:
                 on_progress(ledger.done[:])
             time.sleep(TICK_S)
 
-    def _restart(self, worker: _Running) -> _Running:
+    def _watch_captures(self, captures: list[_Running]) -> None:
+        """A capture that died without finishing: a live source's is restarted, a file's is reported at once."""
+        for index, capture in enumerate(captures):
+            capture.poll()
+            if capture.process.is_alive() or capture.finished is not None or capture in self._reported:
+                continue
+            assert isinstance(capture.stage, CaptureStage)
+            reason = capture.failure.message if capture.failure else f"exit status {capture.process.exitcode}"
+            if lossless(capture.stage.spec.uri, self.settings.capture):
+                self._reported.append(capture)
+                log.error("%s died (%s): the rest of its file is not read", capture.stage.title, reason)
+                continue
+            limits = self.settings.capture.max_restarts, self.settings.capture.restart_window_s
+            if not self._may_restart(self._capture_restarts, *limits):
+                self._reported.append(capture)
+                log.error(
+                    "%s died (%s) and was restarted %d times in %.0f s; not again",
+                    capture.stage.title,
+                    reason,
+                    len(self._capture_restarts),
+                    limits[1],
+                )
+                continue
+            log.error(
+                "%s died (%s); restarting it: a new session, recorded into a new file", capture.stage.title, reason
+            )
+            self.capture_restarts += 1
+            self._running.remove(capture)
+            capture.conn.close()
+            captures[index] = self._start(capture.stage)
+
+    @staticmethod
+    def _may_restart(restarts: deque[float], limit: int, window: float) -> bool:
+        """Whether another restart fits in the budget (and if so, it is counted)."""
         now = time.monotonic()
+        while restarts and now - restarts[0] > window:
+            restarts.popleft()
+        if len(restarts) >= limit:
+            return False
+        restarts.append(now)
+        return True
+
+    def _restart(self, worker: _Running) -> _Running:
         window = self.settings.worker.restart_window_s
-        while self._restarts and now - self._restarts[0] > window:
-            self._restarts.popleft()
         reason = worker.failure.message if worker.failure else f"exit status {worker.process.exitcode}"
-        if len(self._restarts) >= self.settings.worker.max_restarts:
+        if not self._may_restart(self._restarts, self.settings.worker.max_restarts, window):
             raise StageError(
                 f"{worker.stage.title} died ({reason}) and workers were already restarted "
                 f"{len(self._restarts)} times in {window:.0f} s; giving up"
             )
-        self._restarts.append(now)
         self.worker_restarts += 1
         log.error("%s died (%s); restarting it; frames it held are counted lost", worker.stage.title, reason)
         self._running.remove(worker)

@@ -101,7 +101,7 @@ def render(
             console.print(_stream_table(s))
     extra: dict[str, int] = {}
     for report in reports:
-        for key in ("rejected", "full_masked", "unmaskable", "late"):
+        for key in ("rejected", "full_masked", "unmaskable", "late", "hostile", "denied"):
             extra[key] = extra.get(key, 0) + report.counters.get(key, 0)
     notes = [f"{v} {k.replace('_', ' ')}" for k, v in extra.items() if v]
     if worker_restarts:

@@ -40,6 +40,8 @@ class CaptureConfig(_Section):
     give_up_s: float = Field(default=0.0, ge=0)
     linger_s: float = Field(default=30.0, ge=0)
     bind: str = "tcp://*:5555"
+    max_restarts: int = Field(default=5, ge=0)
+    restart_window_s: float = Field(default=60.0, gt=0)
 
 
 class RuntimeConfig(_Section):

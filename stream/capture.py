@@ -12,6 +12,7 @@ instead of frames piling up behind it.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ from anonstream.process import Channel, Finished
 from anonstream.stream.keys import network_for
 from anonstream.stream.ledger import Ledger, Window
 from anonstream.stream.sources import SourceFrame, SourceInfo, open_source, redact
-from anonstream.stream.wire import EndOfStream, Flag, FrameHeader, FrameMessage, Stage, pixel_layout
+from anonstream.stream.wire import MAX_EPOCH, EndOfStream, Flag, FrameHeader, FrameMessage, Stage, pixel_layout
 
 log = logging.getLogger(__name__)
 
 
-def frame_header(info: SourceInfo, frame: SourceFrame, seq: int, flags: Flag, dropped: int = 0) -> FrameHeader:
+def frame_header(
+    info: SourceInfo, frame: SourceFrame, seq: int, flags: Flag, dropped: int = 0, epoch: int = 0
+) -> FrameHeader:
     """The header a source's frame travels with (its rate read now: a network stream's is known once connected)."""
     return FrameHeader(
         stream=info.stream_id,
@@ -42,6 +45,7 @@ def frame_header(info: SourceInfo, frame: SourceFrame, seq: int, flags: Flag, dr
         name=frame.name,
         dropped=dropped,
         flags=flags,
+        epoch=epoch,
     )
 
 
@@ -93,6 +97,9 @@ class CaptureStage:
             if self.ledger is not None and not live:
                 window = Window(self.ledger, self.slot, *cfg.in_flight)
             flags = source_flags(info, cfg)
+            # This start's session: seq counts from 0 again, so the record side tells a restart from a replay.
+            epoch = secrets.randbelow(MAX_EPOCH) + 1
+            log.info("session %016x", epoch)
             while True:
                 try:
                     frame = next(frames)
@@ -115,7 +122,8 @@ class CaptureStage:
                         break
                     captured = time.time_ns()
                 resumed = frame.resumed or resumed_dropped
-                header = frame_header(source.info, frame, seq, flags | Flag.RESUMED if resumed else flags, dropped)
+                flagged = flags | Flag.RESUMED if resumed else flags
+                header = frame_header(source.info, frame, seq, flagged, dropped, epoch)
                 header.stamp(Stage.CAPTURED, captured)
                 if window is not None and not window.wait(frame.pixels.nbytes, stop):
                     reason = "stopped"
@@ -134,7 +142,7 @@ class CaptureStage:
                     resumed_dropped = bool(header.flags & Flag.RESUMED)  # the next frame starts the new segment
             if stop.is_set():
                 reason = "stopped"
-            end = EndOfStream(self.stream_id, frames=seq, dropped=dropped, skipped=source.skipped, reason=reason)
+            end = EndOfStream(self.stream_id, seq, dropped, source.skipped, reason, epoch)
             # A file's last frames may keep the workers busy for longer than linger_s, and a closing socket drops
             # what it has not handed over by then: under the ledger it waits until the record stage has them all.
             until = stop if window is not None else _deadline(round(cfg.capture.linger_s * 1000))

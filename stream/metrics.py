@@ -407,6 +407,7 @@ class FrameLog(Closing):
             return
         record = {
             "stream": header.stream,
+            "epoch": header.epoch,
             "seq": header.seq,
             "index": header.index,
             "pts": header.pts,
@@ -427,7 +428,7 @@ class FrameLog(Closing):
 
     def dropped(self, drop: Dropped) -> None:
         if self._file is not None:
-            self._write({"stream": drop.stream, "seq": drop.seq, "dropped_by": drop.by})
+            self._write({"stream": drop.stream, "epoch": drop.epoch, "seq": drop.seq, "dropped_by": drop.by})
 
     def close(self) -> None:
         if self._file is not None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import cv2
 
-from anonstream.config import MetricsConfig, Settings
+from anonstream.config import MetricsConfig, RecordConfig, Settings
 from anonstream.errors import NotAnonymizedError, RecorderError, WireError
 from anonstream.process import Channel, Finished, log_sampled
 from anonstream.stream.detections import Detections
@@ -52,6 +52,14 @@ class RecordStage:
     @property
     def title(self) -> str:
         return "record"
+
+    @property
+    def _record_config(self) -> RecordConfig:
+        """On its own (no outputs planned before start), a restarted record goes on into new files."""
+        record = self.settings.record
+        if self.outputs or record.overwrite or record.append:
+            return record
+        return record.model_copy(update={"append": True})
 
     def serve(self, stop: threading.Event, channel: Channel) -> None:
         cfg = self.settings
@@ -142,7 +150,9 @@ class RecordStage:
         channel.publish(self._stats(metrics, time.monotonic()))
         late = sum(sequencer.late.values())
         rejected = receiver.rejected + counters["rejected"]
-        channel.send(Finished(self.title, {"rejected": rejected, "late": late, "denied": network.denied}, summary))
+        hostile = sum(sequencer.hostile.values())
+        counts = {"rejected": rejected, "late": late, "hostile": hostile, "denied": network.denied}
+        channel.send(Finished(self.title, counts, summary))
 
     def _stats(self, metrics: dict[str, StreamMetrics], now: float) -> RecordStats:
         """The stats event: the same summary the run ends with, as it stands now."""
@@ -164,7 +174,7 @@ class RecordStage:
         header = message.header
         recorder = recorders.get(header.stream)
         if recorder is None:
-            recorder = make_recorder(header.stream, header, self.settings.record, self.outputs.get(header.stream))
+            recorder = make_recorder(header.stream, header, self._record_config, self.outputs.get(header.stream))
             recorders[header.stream] = recorder
         try:
             recorder.write(message)

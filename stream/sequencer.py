@@ -18,6 +18,16 @@ depends on the stream:
   Without ``workers`` (a record process on its own, which cannot see them)
   the timeout applies.
 
+Each capture start is a session with an epoch of its own, and seq counts from
+0 again in it: a new epoch ends the stream's old session (what it still held
+is released, its gaps counted lost) and starts afresh, its first frame flagged
+RESUMED so that recorders begin a new file; counts go on. A frame of a session
+already replaced is late. A frame more than ``MAX_AHEAD`` ahead of what the
+stream waits for is hostile (no capture runs that far ahead): rejected and
+counted, so that a few forged seq numbers cannot make it skip the real ones. A
+stream first seen far into its session (a record started after its capture)
+starts where it is.
+
 Either kind loses the oldest gap when more than ``max_pending`` frames or
 ``max_pending_bytes`` wait behind it; on one host the captures' window
 (``ledger.Window``) keeps lossless streams below both. Time is passed in
@@ -34,6 +44,9 @@ from anonstream.stream.wire import Dropped, EndOfStream, Flag, FrameMessage, Idl
 # An idle worker's socket may still be taking in frames sent long ago (ZeroMQ moves them between
 # processes in the background): only an idle moment this long after a death or a gap counts.
 IDLE_GRACE_S = 1.0
+# Frames a stream can have in flight ahead of the one it waits for, at most: far more than the captures'
+# window, the workers' queues and their backlogs hold together.
+MAX_AHEAD = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +78,10 @@ class _StreamState:
     stalled_since: float | None = None
     finished: bool = False
     late: int = 0
+    hostile: int = 0
+    epoch: int | None = None  # the session it is in (None: nothing seen yet)
+    retired: set[int] = field(default_factory=set)  # sessions it has left
+    resume: bool = False  # its next frame released starts a new session
 
     @property
     def total(self) -> int | None:
@@ -96,8 +113,13 @@ class Sequencer:
 
     @property
     def late(self) -> dict[str, int]:
-        """Frames that arrived after they had been declared lost, per stream (discarded)."""
+        """Frames that arrived after they had been declared lost, or after their session, per stream (discarded)."""
         return {name: s.late for name, s in self._streams.items()}
+
+    @property
+    def hostile(self) -> dict[str, int]:
+        """Messages with a seq no capture could have sent yet, per stream (rejected)."""
+        return {name: s.hostile for name, s in self._streams.items()}
 
     def done(self, stream: str) -> int:
         """Frames of ``stream`` the sequencer is past: released, dropped or lost."""
@@ -108,22 +130,47 @@ class Sequencer:
         if isinstance(message, Idle):
             self._idle[message.worker] = max(self._idle.get(message.worker, 0.0), message.at_ns / 1e9)
             return self.poll(now)
-        if isinstance(message, EndOfStream):
-            state = self._state(message.stream)
-            if state.finished or state.end is not None:
-                return []
-            state.end = message
-        else:
-            state = self._state(message.stream if isinstance(message, Dropped) else message.header.stream)
-            seq = message.seq if isinstance(message, Dropped) else message.header.seq
-            if state.finished or seq < state.next_seq or seq in state.pending:
+        header = message.header if isinstance(message, FrameMessage) else message
+        state = self._state(header.stream)
+        out: list[Released] = []
+        if header.epoch != state.epoch:
+            if header.epoch in state.retired:
                 state.late += 1
                 return []
+            out += self._new_session(state, header.epoch, message)
+        if isinstance(message, EndOfStream):
+            if state.finished or state.end is not None:
+                return out
+            state.end = message
+        else:
+            seq = message.seq if isinstance(message, Dropped) else message.header.seq
+            if seq >= state.next_seq + MAX_AHEAD:
+                state.hostile += 1
+                return out
+            if state.finished or seq < state.next_seq or seq in state.pending:
+                state.late += 1
+                return out
             if isinstance(message, FrameMessage):
                 state.live = bool(message.header.flags & Flag.LIVE)
                 state.pending_bytes += message.pixels.nbytes
             state.pending[seq] = message
-        return self._release(state, now)
+        return out + self._release(state, now)
+
+    def _new_session(
+        self, state: _StreamState, epoch: int, first: FrameMessage | EndOfStream | Dropped
+    ) -> list[Released]:
+        """The stream's capture started again: release what the old session held, and begin at its seq."""
+        out: list[Released] = []
+        if state.epoch is not None:
+            while state.pending:
+                out += self._skip_gap(state)
+                out += self._release(state, None)
+            state.retired.add(state.epoch)
+            state.resume = True
+        seq = first.seq if isinstance(first, Dropped) else first.header.seq if isinstance(first, FrameMessage) else 0
+        state.epoch, state.next_seq = epoch, seq if seq >= MAX_AHEAD else 0  # far in: started before this record
+        state.end, state.sent, state.finished, state.stalled_since = None, None, False, None
+        return out
 
     def worker_died(self, at: float) -> None:
         """A worker died at ``at``: frames of files it held can now be found lost."""
@@ -192,6 +239,9 @@ class Sequencer:
                 message = state.pending.pop(state.next_seq)
                 if isinstance(message, FrameMessage):
                     state.pending_bytes -= message.pixels.nbytes
+                    if state.resume:
+                        message.header.flags |= Flag.RESUMED  # a new session: recorders begin a new file
+                        state.resume = False
                 out.append(message)
                 state.next_seq += 1
                 state.stalled_since = None

@@ -1,7 +1,7 @@
-"""The wire format between anonstream's processes, version 6.
+"""The wire format between anonstream's processes, version 7.
 
 Version 2 added Flag.STILL, 3 Flag.RESUMED, 4 Flag.LIVE and the drop notice,
-5 the class of each masked box, 6 the idle notice.
+5 the class of each masked box, 6 the idle notice, 7 the capture's epoch.
 
 A frame is a two-part ZeroMQ message: a msgpack header, then the raw pixel
 buffer, sent and received without copying. End of stream is its own one-part
@@ -19,6 +19,8 @@ Header keys (msgpack map; no other keys are accepted):
     v        int    wire version, WIRE_VERSION
     kind     int    Kind.FRAME, Kind.END, Kind.DROP or Kind.IDLE
     stream   str    stream id: letters, digits, '.', '_', '-', at most 64, not starting with '.', '_', '-'
+    epoch    int    (frames, ends, drops) the capture's session: a random id per capture start, 1..MAX_EPOCH;
+                    seq counts from 0 again in a new one (0: none given, as from the Python API)
     --- frames only ---
     seq      int    0, 1, 2... per stream, over the frames the capture sent
     index    int    frame number in the source (gaps: frames dropped before sending)
@@ -60,7 +62,8 @@ import numpy as np
 
 from anonstream.errors import WireError
 
-WIRE_VERSION = 6
+WIRE_VERSION = 7
+MAX_EPOCH = 2**63 - 1
 MAX_WORKERS = 64
 MAX_SIDE = 16384
 MAX_BOXES = 4096  # boxes listed in a header; a crowd may have more masked, the best-scored are listed
@@ -124,6 +127,7 @@ class FrameHeader:
     name: str = ""
     dropped: int = 0
     boxes: list[Box] = field(default_factory=list)
+    epoch: int = 0
 
     def stamp(self, stage: Stage, at_ns: int | None = None) -> None:
         self.stamps[stage] = time.time_ns() if at_ns is None else at_ns
@@ -142,6 +146,7 @@ class EndOfStream:
     dropped: int = 0
     skipped: int = 0
     reason: str = "eof"
+    epoch: int = 0
 
 
 DROP_STAGES = frozenset({"worker"})
@@ -154,6 +159,7 @@ class Dropped:
     stream: str
     seq: int
     by: str = "worker"
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +195,7 @@ def encode(message: Message) -> list[bytes | memoryview]:
             "dropped": message.dropped,
             "skipped": message.skipped,
             "reason": message.reason,
+            "epoch": message.epoch,
         }
         return [msgpack.packb(head)]
     if isinstance(message, Dropped):
@@ -198,6 +205,7 @@ def encode(message: Message) -> list[bytes | memoryview]:
             "stream": message.stream,
             "seq": message.seq,
             "by": message.by,
+            "epoch": message.epoch,
         }
         return [msgpack.packb(notice)]
     if isinstance(message, Idle):
@@ -224,6 +232,7 @@ def encode(message: Message) -> list[bytes | memoryview]:
         "name": h.name,
         "dropped": h.dropped,
         "boxes": [list(b) for b in h.boxes],
+        "epoch": h.epoch,
     }
     return [msgpack.packb(head), pixels.data.cast("B")]
 
@@ -246,10 +255,11 @@ _FRAME_KEYS = frozenset(
         "name",
         "dropped",
         "boxes",
+        "epoch",
     }
 )
-_END_KEYS = frozenset({"v", "kind", "stream", "frames", "dropped", "skipped", "reason"})
-_DROP_KEYS = frozenset({"v", "kind", "stream", "seq", "by"})
+_END_KEYS = frozenset({"v", "kind", "stream", "frames", "dropped", "skipped", "reason", "epoch"})
+_DROP_KEYS = frozenset({"v", "kind", "stream", "seq", "by", "epoch"})
 _IDLE_KEYS = frozenset({"v", "kind", "worker", "at"})
 
 
@@ -337,6 +347,7 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
             dropped=_int(head, "dropped"),
             skipped=_int(head, "skipped"),
             reason=_str(head, "reason"),
+            epoch=_int(head, "epoch", 0, MAX_EPOCH),
         )
     if kind == Kind.DROP:
         if len(parts) != 1 or set(head) != _DROP_KEYS:
@@ -344,7 +355,7 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
         by = _str(head, "by", 16)
         if by not in DROP_STAGES:
             raise WireError(f"unknown dropping stage {by!r}")
-        return Dropped(stream=_stream(head), seq=_int(head, "seq"), by=by)
+        return Dropped(stream=_stream(head), seq=_int(head, "seq"), by=by, epoch=_int(head, "epoch", 0, MAX_EPOCH))
     if kind == Kind.IDLE:
         if len(parts) != 1 or set(head) != _IDLE_KEYS:
             raise WireError("malformed idle notice")
@@ -413,6 +424,7 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
         name=_name(head),
         dropped=_int(head, "dropped"),
         boxes=boxes,
+        epoch=_int(head, "epoch", 0, MAX_EPOCH),
     )
     pixels = np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape)
     return FrameMessage(header, pixels)

@@ -117,3 +117,36 @@ def test_rtsp_over_udp(tmp_path: Path) -> None:
     assert run.returncode == 0, stderr
     frames, _ = decode_video(out / f"127.0.0.1-{port}-cam.mp4")
     assert len(frames) >= 30
+
+
+def test_a_capture_killed_mid_stream_is_restarted_into_a_new_session_and_file(tmp_path: Path) -> None:
+    port = free_port()
+    out, jsonl, summary = tmp_path / "out", tmp_path / "frames.jsonl", tmp_path / "summary.json"
+    source = f"rtsp://127.0.0.1:{port}/cam"
+    args = ["--source", source, "--record", str(out), "--workers", "1"]
+    args += ["--metrics-jsonl", str(jsonl), "--summary-json", str(summary)]
+    with rtsp_server(port), anonstream_run(args) as run:
+        _wait_for(lambda: _recorded(jsonl) >= 30, "the first frames")
+        killed = subprocess.run(["pkill", "-KILL", "-f", "anonstream: capture 127.0.0.1"], capture_output=True)
+        assert killed.returncode == 0, "no capture process to kill"
+        before = _recorded(jsonl)
+        _wait_for(lambda: _recorded(jsonl) >= before + 30, "frames from the restarted capture")
+        stderr = _interrupt(run)
+    assert run.returncode == 0, stderr
+    assert "died (exit status -9); restarting it: a new session" in stderr, stderr
+    stem = f"127.0.0.1-{port}-cam"
+    assert sorted(p.name for p in out.iterdir()) == [f"{stem}-1.mp4", f"{stem}.mp4"]
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    records = [r for r in lines if "stamps_ns" in r]  # recorded frames (the rest: drops by the worker)
+    sessions = list(dict.fromkeys(r["epoch"] for r in records))
+    assert len(sessions) == 2 and all(sessions), sessions
+    for epoch in sessions:  # each session's frames in order from 0, none twice, none missing but the dropped
+        seqs = sorted(
+            [r["seq"] for r in records if r["epoch"] == epoch]
+            + [r["seq"] for r in lines if "dropped_by" in r and r["epoch"] == epoch]
+        )
+        assert seqs == list(range(len(seqs))), seqs[:5]
+    stream = json.loads(summary.read_text())["streams"][0]
+    assert stream["lost"] == stream["refused"] == 0
+    written = sum(len(decode_video(out / name)[0]) for name in (f"{stem}.mp4", f"{stem}-1.mp4"))
+    assert written == stream["frames_out"] == len(records)

@@ -184,3 +184,40 @@ def test_pending_frames_are_bounded_in_bytes_too() -> None:
         out += s.push(frame(seq), 0)
     assert seqs(out) == [("lost", 0, 1), 1, 2, 3, 4]
     assert s.done("s") == 5
+
+
+def in_session(message: FrameMessage, epoch: int) -> FrameMessage:
+    message.header.epoch = epoch
+    return message
+
+
+def test_a_new_epoch_starts_the_stream_afresh_and_the_old_sessions_stragglers_are_late() -> None:
+    s = Sequencer(loss_timeout_s=1.0, max_pending=100)
+    assert seqs(s.push(in_session(frame(0, flags=Flag.LIVE), 11), 0)) == [0]
+    assert seqs(s.push(in_session(frame(2, flags=Flag.LIVE), 11), 0)) == []  # seq 1 went down with the capture
+    restarted = s.push(in_session(frame(0, flags=Flag.LIVE), 22), 0.1)
+    assert seqs(restarted) == [("lost", 1, 1), 2, 0]  # the old session's last frame, then the new one's first
+    assert not restarted[1].header.flags & Flag.RESUMED  # type: ignore[union-attr]
+    assert restarted[2].header.flags & Flag.RESUMED  # type: ignore[union-attr]  # recorders begin a new file
+    assert seqs(s.push(in_session(frame(1, flags=Flag.LIVE), 22), 0.1)) == [1]
+    assert seqs(s.push(in_session(frame(3, flags=Flag.LIVE), 11), 0.2)) == []  # a straggler of the old session
+    assert s.late == {"s": 1}
+    assert seqs(s.push(EndOfStream("s", frames=2, epoch=22), 0.2)) == ["end"]
+
+
+def test_a_few_forged_far_future_frames_cannot_make_a_stream_skip_its_real_ones() -> None:
+    s = Sequencer(loss_timeout_s=1.0, max_pending=100)
+    assert seqs(s.push(frame(0, flags=Flag.LIVE), 0)) == [0]
+    for seq in (10**6, 10**6 + 1, 10**9):
+        assert seqs(s.push(frame(seq, flags=Flag.LIVE), 0)) == []
+    assert s.hostile == {"s": 3}
+    assert seqs(s.poll(5.0)) == []  # nothing waits: the forged frames were never taken in
+    assert seqs(s.push(frame(1, flags=Flag.LIVE), 5.0)) == [1]
+
+
+def test_a_stream_first_seen_far_into_its_session_starts_where_it_is() -> None:
+    """A record started after its camera's capture: nothing before counts as lost."""
+    s = Sequencer(loss_timeout_s=1.0, max_pending=100)
+    assert seqs(s.push(in_session(frame(50_000, flags=Flag.LIVE), 7), 0)) == [50_000]
+    assert seqs(s.push(in_session(frame(50_001, flags=Flag.LIVE), 7), 0)) == [50_001]
+    assert s.hostile == {"s": 0} and s.late == {"s": 0}

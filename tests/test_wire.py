@@ -97,7 +97,7 @@ def test_received_pixels_are_a_view_of_the_message_not_a_copy(pair) -> None:  # 
 
 def test_end_of_stream_is_its_own_message(pair) -> None:  # type: ignore[no-untyped-def]
     sender, receiver = pair
-    end = EndOfStream("cam0", frames=12, dropped=3, skipped=1, reason="eof")
+    end = EndOfStream("cam0", frames=12, dropped=3, skipped=1, reason="eof", epoch=2**63 - 1)
     assert len(encode(end)) == 1
     sender.send(end)
     assert _receive(receiver) == end
@@ -105,7 +105,7 @@ def test_end_of_stream_is_its_own_message(pair) -> None:  # type: ignore[no-unty
 
 def test_drop_notice_is_its_own_message(pair) -> None:  # type: ignore[no-untyped-def]
     sender, receiver = pair
-    notice = Dropped("cam0", seq=41)
+    notice = Dropped("cam0", seq=41, epoch=5)
     assert len(encode(notice)) == 1
     sender.send(notice)
     assert _receive(receiver) == notice
@@ -244,3 +244,14 @@ def test_classes_survive_the_wire() -> None:
     back = Detections.from_wire(decoded.header.boxes)
     assert back.labels.tolist() == ["face", "plate"] and back.counts() == {"face": 1, "plate": 1}
     np.testing.assert_array_equal(back.boxes, found.boxes)
+
+
+def test_a_frame_keeps_its_capture_epoch_and_a_negative_one_is_refused() -> None:
+    header = FrameHeader("cam0", 3, 3, 3, (1, 30), (30, 1), (2, 2, 3), "uint8", "bgr", epoch=123456789)
+    parts = encode(FrameMessage(header, np.zeros((2, 2, 3), np.uint8)))
+    decoded = decode(parts)
+    assert isinstance(decoded, FrameMessage) and decoded.header.epoch == 123456789
+    head = msgpack.unpackb(parts[0])
+    head["epoch"] = -1
+    with pytest.raises(WireError, match="epoch"):
+        decode([msgpack.packb(head), parts[1]])

@@ -247,7 +247,7 @@ class Backlog:
             return
         oldest = self._items[slots[0]]
         assert isinstance(oldest, FrameMessage)
-        self._dropped.append(Dropped(stream, oldest.header.seq))
+        self._dropped.append(Dropped(stream, oldest.header.seq, epoch=oldest.header.epoch))
         for here, there in pairwise(slots):
             self._items[here] = self._items[there]
         self._items[slots[-1]] = message
