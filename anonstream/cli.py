@@ -28,6 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+from setproctitle import setproctitle
 
 from anonstream import __version__
 from anonstream.config import (
@@ -42,7 +43,8 @@ from anonstream.config import (
 )
 from anonstream.errors import AnonstreamError, ConfigError, RecorderError
 from anonstream.installation import check_installation
-from anonstream.process import Channel, Failed, Finished, Stage, name_process, run_stage
+from anonstream.process import Channel, Failed, Finished, Redacting, Stage, name_process, run_stage
+from anonstream.redaction import redact
 from anonstream.stream.wire import MAX_WORKERS
 from anonstream.systemd import Notifier
 
@@ -501,6 +503,7 @@ def _console_logging(console: Console, args: argparse.Namespace) -> int:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(processName)s: %(message)s"))
+    handler.addFilter(Redacting())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -690,7 +693,7 @@ def _report(settings: Settings, result: PipelineResult, console: Console, all_lo
 
 def _never_connected(settings: Settings, summary: RunSummary | None) -> dict[str, str]:
     """Network streams that delivered no frame in the whole run, by id, with their (redacted) URL."""
-    from anonstream.stream.sources import classify, redact, stream_ids
+    from anonstream.stream.sources import classify, stream_ids
 
     seen = {s.stream: s.frames_in for s in summary.streams} if summary is not None else {}
     return {
@@ -785,6 +788,9 @@ def _interrupt(*_: object) -> NoReturn:
 def main(argv: list[str] | None = None) -> int:
     # Until a command installs its own handlers, SIGTERM stops it like Ctrl-C: cleanly, not mid-statement.
     signal.signal(signal.SIGTERM, _interrupt)
+    shown = [redact(arg) for arg in sys.argv]
+    if shown != sys.argv:  # what `ps` shows of this process: a camera password on the command line is not
+        setproctitle(" ".join(["anonstream", *shown[1:]]))
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     if args.command == "config":
@@ -829,7 +835,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_role(RecordStage(settings.record.bind, settings, tuple(args.expect)), settings)
     except AnonstreamError as exc:
         # the message is plain text: a path or a pip extra in brackets is not markup
-        console.print(Text.assemble(("anonstream: error: ", "red"), str(exc)), highlight=False, soft_wrap=True)
+        message = redact(str(exc))
+        console.print(Text.assemble(("anonstream: error: ", "red"), message), highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias
 from setproctitle import setproctitle
 
 from anonstream.errors import AnonstreamError
+from anonstream.redaction import redact
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -148,6 +149,18 @@ def _die_with_parent() -> None:
 def log_sampled(count: int) -> bool:
     """Whether the count-th occurrence of a repeated failure is logged: the first ten, then every thousandth."""
     return count <= 10 or count % 1000 == 0
+
+
+class Redacting(logging.Filter):
+    """Credentials out of every log line, whichever process and library wrote it (the handlers' filter)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
 
 
 def name_process(title: str) -> None:

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from anonstream.config import Settings, SourceSpec
 from anonstream.errors import SourceError
 from anonstream.process import Channel, Finished
+from anonstream.redaction import redact
 from anonstream.stream.keys import network_for
 from anonstream.stream.ledger import Ledger, Window
-from anonstream.stream.sources import SourceFrame, SourceInfo, open_source, redact
+from anonstream.stream.sources import SourceFrame, SourceInfo, open_source
 from anonstream.stream.wire import MAX_EPOCH, EndOfStream, Flag, FrameHeader, FrameMessage, Stage, pixel_layout
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ import numpy as np
 from anonstream.closing import Closing
 from anonstream.config import CaptureConfig, SourceSpec
 from anonstream.errors import SourceError
+from anonstream.redaction import redact
 from anonstream.stream.wire import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,6 @@ def classify(uri: str) -> SourceKind:
     )
 
 
-def redact(uri: str) -> str:
-    """The uri as logs and messages show it: a network URL's user name and password replaced by ***."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^@/]*@", r"\1***@", uri, flags=re.IGNORECASE)
-
-
 def lossless(uri: str, config: CaptureConfig) -> bool:
     """Whether every frame of this source must be recorded: a file or folder not paced as a camera."""
     return not config.realtime and classify(uri) in ("file", "image", "folder")
@@ -90,7 +86,8 @@ def default_stream_id(uri: str, kind: SourceKind) -> str:
     if kind == "webcam":
         base = "cam" + (uri if uri.isdigit() else uri.removeprefix("/dev/video"))
     elif kind == "network":
-        base = re.sub(r"^[a-z]+://([^@/]*@)?", "", uri, flags=re.IGNORECASE)
+        # host and path only: no user part, no query (it may hold a password, or a token)
+        base = re.sub(r"^[a-z]+://([^@/]*@)?", "", uri, flags=re.IGNORECASE).split("?")[0].split("#")[0]
     else:
         base = Path(uri).resolve().stem if kind in ("file", "image") else Path(uri).resolve().name
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "stream"

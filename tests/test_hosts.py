@@ -155,3 +155,21 @@ def test_senders_without_an_allowed_key_get_nothing_written_and_are_counted(tmp_
     assert not out.exists() or not any(out.iterdir()), "a frame from an unknown sender was written"
     assert "refused a client with a key not in security.allow" in stderr, stderr
     assert "failed the encrypted handshake" in stderr, stderr
+
+
+def test_a_restarted_record_role_goes_on_into_a_new_file(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for session in range(2):
+        endpoint = f"ipc://{tmp_path}/rec-{session}"
+        record = start_cli("record", "--bind", endpoint, "--record", str(out), "--expect", "cam")
+        with FrameSender().connect(endpoint) as sender:
+            for seq in range(3):
+                pixels = np.full((32, 32, 3), 40 * session, np.uint8)
+                frame = raw_frame("cam", seq, pixels, Flag.ANONYMIZED)
+                frame.header.epoch = session + 1
+                sender.send(frame)
+            sender.send(EndOfStream("cam", frames=3, epoch=session + 1))
+            _, stderr = record.communicate(timeout=60)
+        assert record.returncode == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == ["cam-1.mp4", "cam.mp4"]
+    assert [len(decode_video(out / name)[0]) for name in ("cam.mp4", "cam-1.mp4")] == [3, 3]

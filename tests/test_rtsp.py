@@ -150,3 +150,34 @@ def test_a_capture_killed_mid_stream_is_restarted_into_a_new_session_and_file(tm
     assert stream["lost"] == stream["refused"] == 0
     written = sum(len(decode_video(out / name)[0]) for name in (f"{stem}.mp4", f"{stem}-1.mp4"))
     assert written == stream["frames_out"] == len(records)
+
+
+def test_a_camera_password_appears_nowhere_a_run_writes_or_shows(tmp_path: Path) -> None:
+    import urllib.request
+
+    port, metrics_port = free_port(), free_port()
+    out, jsonl, summary = tmp_path / "out", tmp_path / "frames.jsonl", tmp_path / "summary.json"
+    source = f"rtsp://admin:s3cretPassw0rd@127.0.0.1:{port}/cam?password=s3cretPassw0rd"
+    args = ["--source", source, "--record", str(out), "--workers", "1", "--metrics-port", str(metrics_port)]
+    args += ["--metrics-jsonl", str(jsonl), "--summary-json", str(summary), "-v"]
+    args += ["--set", "capture.open_timeout_s=2", "--set", "capture.reconnect_min_s=0.2"]
+    seen: list[str] = []
+    with anonstream_run(args) as run, rtsp_server(port):
+        _wait_for(lambda: _recorded(jsonl) >= 20, "frames")
+        seen.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
+        for page in ("metrics", "api/status", "healthz"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/{page}", timeout=5) as answer:
+                seen.append(answer.read().decode())
+        run.send_signal(signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr
+    assert "connected to rtsp://***@127.0.0.1" in stderr, stderr
+    # and a camera that is not there: failed attempts and the final error, each with its reason
+    gone = source.replace(str(port), str(free_port()))
+    failed = run_cli("run", gone, "--record", str(tmp_path / "none"), "--set", "capture.give_up_s=2", timeout=120)
+    assert failed.returncode == 1 and "reconnecting in" in failed.stderr and "rtsp://***@" in failed.stderr
+    written = [stderr, stdout, jsonl.read_text(), summary.read_text(), *seen, *(p.name for p in out.iterdir())]
+    written += [failed.stdout, failed.stderr]
+    assert all(s for s in written)
+    leaks = [text[:200] for text in written if "s3cretPassw0rd" in text or "admin:" in text]
+    assert leaks == [], leaks
