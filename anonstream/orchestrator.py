@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from anonstream.config import Settings
 from anonstream.errors import StageError
 from anonstream.monitor import Monitor
-from anonstream.process import STOP_SIGNALS, Failed, Finished, Ready, Stage, StageEvent, StageProcess
+from anonstream.process import CRASHED, STOP_SIGNALS, Failed, Finished, Ready, Stage, StageEvent, StageProcess
 from anonstream.stream.capture import CaptureStage
 from anonstream.stream.ledger import Ledger
 from anonstream.stream.metrics import RunSummary
@@ -290,12 +290,14 @@ class Pipeline:
             time.sleep(TICK_S)
 
     def _watch_captures(self, captures: list[_Running]) -> None:
-        """A capture that died without finishing: a live source's is restarted, a file's is reported at once."""
+        """A capture that crashed or was killed: a live source's is restarted, a file's is reported at once."""
         for index, capture in enumerate(captures):
             capture.poll()
             if capture.process.is_alive() or capture.finished is not None or capture in self._reported:
                 continue
             assert isinstance(capture.stage, CaptureStage)
+            if capture.failure is not None and not capture.failure.message.startswith(CRASHED):
+                continue  # it gave up on its source (capture.give_up_s, an unreadable file): reported at the end
             reason = capture.failure.message if capture.failure else f"exit status {capture.process.exitcode}"
             if lossless(capture.stage.spec.uri, self.settings.capture):
                 self._reported.append(capture)

@@ -169,6 +169,9 @@ def name_process(title: str) -> None:
     multiprocessing.current_process().name = title
 
 
+CRASHED = "crashed"  # how a stage's failure begins when it was a bug, not a failure it reported
+
+
 def run_stage(stage: Stage, stop: threading.Event, channel: Channel) -> int:
     """Serve a stage to completion; the exit status says how it ended."""
     try:
@@ -178,7 +181,7 @@ def run_stage(stage: Stage, stop: threading.Event, channel: Channel) -> int:
         return 2
     except Exception as exc:
         log.exception("%s crashed", stage.title)
-        channel.send(Failed(stage.title, f"crashed: {type(exc).__name__}: {exc}"))
+        channel.send(Failed(stage.title, f"{CRASHED}: {type(exc).__name__}: {exc}"))
         return 1
     return 0
 

@@ -99,6 +99,8 @@ class Network(Closing):
                 raise WireError(f"no server key for {endpoint}: add it to security.servers")
             socket.curve_serverkey = key
             return
+        if not self.curve.allowed:
+            raise WireError(f"{endpoint}: nobody could connect: give security.allow, the clients' public keys")
         if self._auth is None:
             self._auth = ThreadAuthenticator(self.context, log=logging.getLogger("anonstream.auth"))
             self._auth.start()
