@@ -11,6 +11,7 @@ and in order, and both processes must live on and count what they rejected.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anonstream.demo import AstronautClip, astronaut_bgr
+from anonstream.errors import WireError
 from anonstream.stream.transport import FrameSender
-from anonstream.stream.wire import EndOfStream, encode
+from anonstream.stream.wire import EndOfStream, decode, encode
 from tests.conftest import decode_video, free_port, raw_frame, start_cli
 from tests.test_pipeline import assert_face_masked
 
@@ -125,3 +127,10 @@ def test_real_frames_come_through_thousands_of_hostile_messages(tmp_path: Path) 
     assert len(anonymized) == FRAMES  # every real frame, once, in order
     for index, (before, after) in enumerate(zip(raw, anonymized, strict=True)):
         assert_face_masked(before, after, clip.face_box(index), f"frame {index}")
+
+
+def test_decode_answers_any_hostile_message_with_a_wire_error_only() -> None:
+    """So the receivers catch WireError alone: anything else escaping decode is a bug, and is not hidden."""
+    for parts in _corpus(GARBAGE):
+        with contextlib.suppress(WireError):
+            decode(parts)
