@@ -87,55 +87,15 @@ def _pipeline(video: Path, scratch: Path, keys: Path | None) -> dict[str, float]
         out = ["--secret-key", str(keys / f"{role}.key_secret")] + (["--allow", str(keys / "allow")] if allow else [])
         return out + [f"--server-key={e}={keys / f'{s}.key'}" for e, s in (servers or {}).items()]
 
-    record = subprocess.Popen(
-        [
-            *ANONSTREAM,
-            "record",
-            "--bind",
-            rec,
-            "--record-format",
-            "null",
-            "--expect",
-            "video",
-            "-q",
-            "--metrics-jsonl",
-            str(jsonl),
-            *security("record", allow=True),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    worker = subprocess.Popen(
-        [
-            *ANONSTREAM,
-            "worker",
-            "--input",
-            cap,
-            "--output",
-            rec,
-            "-q",
-            *security("worker", {cap: "capture", rec: "record"}),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    capture = subprocess.Popen(
-        [
-            *ANONSTREAM,
-            "capture",
-            "--bind",
-            cap,
-            "-q",
-            *security("capture", allow=True),
-            "--config",
-            str(_source_config(scratch, video)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    def start(*args: str) -> subprocess.Popen[str]:
+        command = [*ANONSTREAM, *args, "-q"]
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    record_args = ["--bind", rec, "--record-format", "null", "--expect", "video", "--metrics-jsonl", str(jsonl)]
+    record = start("record", *record_args, *security("record", allow=True))
+    worker = start("worker", "--input", cap, "--output", rec, *security("worker", {cap: "capture", rec: "record"}))
+    source = str(_source_config(scratch, video))
+    capture = start("capture", "--bind", cap, "--config", source, *security("capture", allow=True))
     try:
         if capture.wait(600) != 0:
             raise SystemExit(f"capture failed: {capture.communicate()[1][-2000:]}")
