@@ -60,9 +60,10 @@ class Network(Closing):
     ``ipc://`` and ``inproc://`` stay on the host, in a folder only this user can open.
     """
 
-    def __init__(self, curve: Curve | None = None, plaintext_ok: bool = False) -> None:
+    def __init__(self, curve: Curve | None = None, plaintext_ok: bool = False, own: bool = False) -> None:
         self.context = zmq.Context()
         self.curve, self.plaintext_ok = curve, plaintext_ok
+        self._own = own  # the context of one bare socket, not a stage's
         self.denied = 0  # clients refused: an unknown key, or no encryption at all
         self._auth: ThreadAuthenticator | None = None
         self._watch: threading.Thread | None = None
@@ -86,6 +87,8 @@ class Network(Closing):
             return
         if self.curve is None:
             if self.plaintext_ok:
+                if not self._own:  # a stage's socket (tools and tests make plain ones on purpose)
+                    log.warning("%s carries frames unencrypted and unauthenticated (--insecure-plaintext)", endpoint)
                 return
             raise WireError(
                 f"{endpoint} would carry frames unencrypted: give this role keys (security.secret_key, "
@@ -151,7 +154,7 @@ class _Socket(Closing):
     def __init__(self, kind: int, hwm: int, linger_ms: int, network: Network | None = None) -> None:
         # Alone (tests, tools), a socket has a context of its own; in a stage, the process's network's.
         self._own = network is None
-        self.network = network or Network(plaintext_ok=True)
+        self.network = network or Network(plaintext_ok=True, own=True)
         self.socket: zmq.Socket[bytes] = self.network.context.socket(kind)
         self.socket.setsockopt(zmq.LINGER, linger_ms)
         if kind == zmq.PUSH:

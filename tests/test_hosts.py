@@ -173,3 +173,15 @@ def test_a_restarted_record_role_goes_on_into_a_new_file(tmp_path: Path) -> None
         assert record.returncode == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == ["cam-1.mp4", "cam.mp4"]
     assert [len(decode_video(out / name)[0]) for name in ("cam.mp4", "cam-1.mp4")] == [3, 3]
+
+
+def test_insecure_plaintext_is_allowed_with_a_warning_at_start() -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    record = start_cli("record", "--bind", endpoint, "--record-format", "null", "--insecure-plaintext")
+    try:
+        wait_listening(endpoint)
+    finally:
+        record.send_signal(signal.SIGINT)
+        _, stderr = record.communicate(timeout=60)
+    assert record.returncode == 0, stderr
+    assert f"{endpoint} carries frames unencrypted and unauthenticated (--insecure-plaintext)" in stderr
