@@ -102,6 +102,7 @@ class Anonymizer(Closing):
         self.settings = settings
         threads = threads or settings.runtime.threads or os.cpu_count() or 1
         self._frames = FrameAnonymizer(make_detectors(settings, threads), Masking(settings.mask, settings.mask_scales))
+        self._variants: dict[tuple[str | None, tuple[str, ...] | None], FrameAnonymizer] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -186,6 +187,9 @@ class Anonymizer(Closing):
         """The loaded detectors, some of them, masked another way: nothing is loaded again."""
         if mask is None and detect is None:
             return self._frames
+        key = (mask, tuple(sorted(set(detect))) if detect is not None else None)  # a few keys, whatever is asked
+        if (known := self._variants.get(key)) is not None:
+            return known
         names = [d.name for d in self._frames.detectors]
         unknown = sorted(set(detect or ()) - set(names))
         if unknown or (detect is not None and not detect):
@@ -197,7 +201,8 @@ class Anonymizer(Closing):
             settings = self._load([nested("mask.mode", mask)])
             masking = Masking(settings.mask, settings.mask_scales)
         chosen = [d for d in self._frames.detectors if detect is None or d.name in detect]
-        return FrameAnonymizer(chosen, masking)
+        variant = self._variants[key] = FrameAnonymizer(chosen, masking)
+        return variant
 
     def _process(
         self, message: FrameMessage, hold: Hold | None, frames: FrameAnonymizer | None = None
@@ -220,6 +225,7 @@ class Anonymizer(Closing):
         with self._lock:
             self._closed = True
             self._frames.detectors.clear()
+            self._variants.clear()
 
 
 def _load(path: Path | None, overrides: list[dict[str, Any]], extra: Sequence[dict[str, Any]] = ()) -> Settings:
