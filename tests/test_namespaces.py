@@ -7,12 +7,16 @@ fail), most of them. Needs root and iproute2 (CI runs as root); skips with the r
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +59,7 @@ def _ip(*args: str) -> None:
 @dataclass(frozen=True)
 class Hosts:
     tag: str
+    names: tuple[str, ...] = HOSTS
 
     def ns(self, host: str) -> str:
         return f"an{self.tag}{host}"
@@ -64,7 +69,7 @@ class Hosts:
         return f"an{self.tag}{host}"
 
     def address(self, host: str) -> str:
-        return f"10.77.{int(self.tag, 16) % 200}.{HOSTS.index(host) + 1}"
+        return f"10.77.{int(self.tag, 16) % 200}.{self.names.index(host) + 1}"
 
     def endpoint(self, host: str) -> str:
         return f"tcp://{self.address(host)}:{PORTS[host]}"
@@ -74,15 +79,16 @@ class Hosts:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.fixture
-def hosts() -> Iterator[Hosts]:
+@contextlib.contextmanager
+def _network(names: tuple[str, ...]) -> Iterator[Hosts]:
+    """One namespace per host, each with a veth cable to a bridge (the switch) in the root namespace."""
     tag = uuid.uuid4().hex[:4]
-    made = Hosts(tag)
+    made = Hosts(tag, names)
     bridge = f"anbr{tag}"
     _ip("link", "add", bridge, "type", "bridge")
     _ip("link", "set", bridge, "up")
     try:
-        for host in HOSTS:
+        for host in names:
             ns, outside = made.ns(host), made.link(host)
             _ip("netns", "add", ns)
             _ip("link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -92,10 +98,16 @@ def hosts() -> Iterator[Hosts]:
             _ip("-n", ns, "link", "set", "lo", "up")
         yield made
     finally:
-        for host in HOSTS:
+        for host in names:
             subprocess.run(["ip", "netns", "del", made.ns(host)], capture_output=True)
             subprocess.run(["ip", "link", "del", made.link(host)], capture_output=True)
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    with _network(HOSTS) as made:
+        yield made
 
 
 class Sniffer:
@@ -187,3 +199,96 @@ def test_across_hosts_the_link_carries_no_pixels_with_keys_and_does_without(
     seen = [run for run in runs if run in wire]
     assert len(seen) > len(runs) // 2, "the control failed: without keys the pixels should be visible"
     assert len(decode_video(out / "astronaut.mp4")[0]) == clip.frames
+
+
+def test_a_worker_host_cut_off_mid_stream_costs_no_frame_uncounted_and_none_twice(tmp_path: Path) -> None:
+    """Two worker hosts; each one's cable is pulled in turn (`ip link set down`) and put back.
+
+    Nothing is written twice, and every frame the capture sent is recorded, dropped or counted
+    lost: with round-robin dispatch, what the cut-off worker's socket held is lost or comes late.
+    The stream goes on after each cable is back, through both workers.
+    """
+    keys = make_keyring(tmp_path / "keys", ("capture", "wk1", "wk2", "record"))
+    clip = AstronautClip(width=320, height=240, frames=480, fps=30).write(tmp_path / "walk.mp4")
+    out, jsonl = tmp_path / "out", tmp_path / "frames.jsonl"
+    with _network(("cap", "wk1", "wk2", "rec")) as hosts:
+        cap, rec = hosts.endpoint("cap"), hosts.endpoint("rec")
+        record = hosts.start(
+            "rec",
+            "record",
+            "--bind",
+            rec,
+            "--record",
+            str(out),
+            "--expect",
+            "walk",
+            "--metrics-jsonl",
+            str(jsonl),
+            *keys.args("record", allow=("wk1", "wk2")),
+        )
+        workers = [
+            hosts.start(
+                name,
+                "worker",
+                "--number",
+                str(n),
+                "--input",
+                cap,
+                "--output",
+                rec,
+                "--detect",
+                "faces",
+                *keys.args(name, {cap: "capture", rec: "record"}),
+            )
+            for n, name in ((1, "wk1"), (2, "wk2"))
+        ]
+        capture = hosts.start(
+            "cap",
+            "capture",
+            "--source",
+            str(clip),
+            "--bind",
+            cap,
+            "--realtime",
+            "--set",
+            "capture.linger_s=2",
+            *keys.args("capture", allow=("wk1", "wk2")),
+        )
+        windows = []
+        try:
+            time.sleep(5)  # the workers are up and the clip plays (16 s)
+            for name in ("wk2", "wk1"):
+                _ip("link", "set", hosts.link(name), "down")
+                down = time.time_ns()
+                time.sleep(3)
+                windows.append((down + 1_000_000_000, time.time_ns()))  # after what was already on its way
+                _ip("link", "set", hosts.link(name), "up")
+                time.sleep(2)
+            assert capture.wait(120) == 0, capture.communicate()[1]
+            _, capture_err = capture.communicate()
+            _, record_err = record.communicate(timeout=120)
+            assert record.returncode == 0, record_err
+        finally:
+            for process in (capture, record, *workers):
+                if process.poll() is None:
+                    process.send_signal(signal.SIGINT)
+            for process in (capture, record, *workers):
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(30)
+                if process.poll() is None:
+                    process.kill()
+    sent = int(re.search(r"(\d+) frames sent", capture_err).group(1))  # type: ignore[union-attr]
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    recorded = [r for r in lines if "stamps_ns" in r]
+    dropped = sum(1 for r in lines if "dropped_by" in r)
+    lost = sum(r["lost"] for r in lines if "lost" in r)
+    assert len(recorded) + dropped + lost == sent, (len(recorded), dropped, lost, sent)
+    assert len({r["seq"] for r in recorded}) == len(recorded)  # none written twice
+    assert len(decode_video(out / "walk.mp4")[0]) == len(recorded)
+    # While one worker was cut off, did the other one's frames reach the recording? With round-robin
+    # dispatch, no: the capture keeps dealing every other frame into the cut-off worker's socket, and
+    # the record side holds the other worker's frames behind that gap for sequencer.loss_timeout_s.
+    # Credit-based dispatch (issue 15, not built yet) is what fixes it; then this passes.
+    during = [sum(start <= r["stamps_ns"]["recorded"] <= end for r in recorded) for start, end in windows]
+    if min(during) < 20:
+        pytest.xfail(f"frames recorded while a worker was cut off: {during}; needs credit-based dispatch")
