@@ -545,33 +545,31 @@ def _job(service: Service, job_id: str) -> Job:
     return job
 
 
-async def _body(request: Request, limit_mb: float, key: str) -> bytes:
-    """The request's body, read no further than the limit."""
+async def _chunks(request: Request, limit_mb: float, key: str) -> AsyncIterator[bytes]:
+    """The request's body as it arrives, read no further than the limit (``key`` names it)."""
     limit = int(limit_mb * 1e6)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BadRequest(413, f"the upload is {int(declared)} bytes, more than {key} ({limit_mb:g} MB)")
-    chunks, size = [], 0
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise BadRequest(413, f"the upload is more than {key} ({limit_mb:g} MB)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def _body(request: Request, limit_mb: float, key: str) -> bytes:
+    """An image upload, in memory (it is never written to disk)."""
+    return b"".join([chunk async for chunk in _chunks(request, limit_mb, key)])
 
 
 async def _save(request: Request, path: Path, limit_mb: float) -> None:
     """A video upload, streamed to the private folder, no further than serve.max_video_mb."""
-    limit = int(limit_mb * 1e6)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"the upload is {int(declared)} bytes, more than serve.max_video_mb ({limit_mb:g} MB)")
     size = 0
     with path.open("wb") as out:
-        async for chunk in request.stream():
+        async for chunk in _chunks(request, limit_mb, "serve.max_video_mb"):
             size += len(chunk)
-            if size > limit:
-                raise BadRequest(413, f"the upload is more than serve.max_video_mb ({limit_mb:g} MB)")
             out.write(chunk)
     if not size:
         raise BadRequest(400, "the body is empty: send the video's bytes")

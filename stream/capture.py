@@ -82,7 +82,8 @@ class CaptureStage:
             network.sender(cfg.transport.frame_hwm, linger_ms).bind(self.endpoint) as sender,
         ):
             info = source.info
-            live = info.live or cfg.capture.realtime
+            flags = source_flags(info, cfg)
+            live = bool(flags & Flag.LIVE)
             channel.ready(_describe(info, live), info.frames)
             # Reading a live source before a worker is connected would only drop its first frames;
             # a file's frames are dealt to the workers connected at the time, so it waits for all of them.
@@ -97,7 +98,6 @@ class CaptureStage:
             window = None
             if self.ledger is not None and not live:
                 window = Window(self.ledger, self.slot, *cfg.in_flight)
-            flags = source_flags(info, cfg)
             # This start's session: seq counts from 0 again, so the record side tells a restart from a replay.
             epoch = secrets.randbelow(MAX_EPOCH) + 1
             log.info("session %016x", epoch)

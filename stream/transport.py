@@ -60,10 +60,10 @@ class Network(Closing):
     ``ipc://`` and ``inproc://`` stay on the host, in a folder only this user can open.
     """
 
-    def __init__(self, curve: Curve | None = None, plaintext_ok: bool = False, own: bool = False) -> None:
+    def __init__(self, curve: Curve | None = None, plaintext_ok: bool = False, bare: bool = False) -> None:
         self.context = zmq.Context()
         self.curve, self.plaintext_ok = curve, plaintext_ok
-        self._own = own  # the context of one bare socket, not a stage's
+        self.bare = bare  # the context of one socket made on its own (tests, tools), not a stage's
         self.denied = 0  # clients refused: an unknown key, or no encryption at all
         self._auth: ThreadAuthenticator | None = None
         self._watch: threading.Thread | None = None
@@ -87,7 +87,7 @@ class Network(Closing):
             return
         if self.curve is None:
             if self.plaintext_ok:
-                if not self._own:  # a stage's socket (tools and tests make plain ones on purpose)
+                if not self.bare:  # a stage's socket (tools and tests make plain ones on purpose)
                     log.warning("%s carries frames unencrypted and unauthenticated (--insecure-plaintext)", endpoint)
                 return
             raise WireError(
@@ -131,9 +131,11 @@ class Network(Closing):
     def _watch_handshakes(self) -> None:
         """Clients that fail the handshake before any key is seen (no encryption, wrong server key): counted."""
         poller = zmq.Poller()
-        for monitor in list(self._monitors):
-            poller.register(monitor, zmq.POLLIN)
+        watched = 0
         while not self._stop.is_set():
+            for monitor in self._monitors[watched:]:  # bound sockets secured since the last look
+                poller.register(monitor, zmq.POLLIN)
+                watched += 1
             for monitor, _ in poller.poll(POLL_MS):
                 event = recv_monitor_message(monitor)
                 if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # the ZAP handler counted those
@@ -153,8 +155,7 @@ class Network(Closing):
 class _Socket(Closing):
     def __init__(self, kind: int, hwm: int, linger_ms: int, network: Network | None = None) -> None:
         # Alone (tests, tools), a socket has a context of its own; in a stage, the process's network's.
-        self._own = network is None
-        self.network = network or Network(plaintext_ok=True, own=True)
+        self.network = network or Network(plaintext_ok=True, bare=True)
         self.socket: zmq.Socket[bytes] = self.network.context.socket(kind)
         self.socket.setsockopt(zmq.LINGER, linger_ms)
         if kind == zmq.PUSH:
@@ -189,7 +190,7 @@ class _Socket(Closing):
 
     def close(self) -> None:
         self.socket.close()
-        if self._own:
+        if self.network.bare:
             self.network.close()
 
 
