@@ -5,9 +5,10 @@ is ever sent before something can anonymize and keep it. Stop order is the
 reverse: captures stop and send end-of-stream, the record process drains
 what is in flight and finalizes its files, then workers and record are
 stopped. A watchdog restarts dead workers, rate-limited, under the same
-number; frames a dead worker held are counted lost by the sequencer, never
-forwarded. Captures and the record process share a ledger (frames sent and
-done per stream), which bounds what a file has in flight and ends a stream
+number; frames of files a dead worker held are sent again by their capture
+(dispatch.py), live ones are counted lost by the sequencer, never forwarded.
+Captures and the record process share a ledger (frames sent and done per
+stream), which bounds what a file has in flight and ends a stream
 whose end-of-stream was lost.
 """
 
@@ -195,7 +196,7 @@ class Pipeline:
             details = sorted({r.detail for r in self._await_ready(workers)})
             log.info("%d worker(s) ready: %s", len(workers), "; ".join(details))
             captures = [
-                self._start(CaptureStage(spec, sid, endpoint, cfg, ledger, slot, cfg.worker.count))
+                self._start(CaptureStage(spec, sid, endpoint, cfg, ledger, slot))
                 for slot, (spec, sid, endpoint) in enumerate(zip(cfg.sources, ids, capture_endpoints, strict=True))
             ]
             started = self._await_ready(captures)
@@ -342,7 +343,11 @@ class Pipeline:
                 f"{len(self._restarts)} times in {window:.0f} s; giving up"
             )
         self.worker_restarts += 1
-        log.error("%s died (%s); restarting it; frames it held are counted lost", worker.stage.title, reason)
+        log.error(
+            "%s died (%s); restarting it; frames of files it held go to another worker, live ones are counted lost",
+            worker.stage.title,
+            reason,
+        )
         self._running.remove(worker)
         worker.conn.close()
         if self._monitor is not None:

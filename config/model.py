@@ -12,8 +12,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from anonstream.stream.transport import DEFAULT_FRAME_HWM, DEFAULT_LINGER_MS, DEFAULT_LIVE_DEPTH
-from anonstream.stream.wire import CLASS_NAME, MAX_WORKERS, STREAM_ID
+from anonstream.stream.transport import (
+    DEFAULT_FRAME_HWM,
+    DEFAULT_LINGER_MS,
+    DEFAULT_LIVE_DEPTH,
+    DEFAULT_WORKER_TIMEOUT_S,
+)
+from anonstream.stream.wire import CLASS_NAME, MAX_CREDIT, MAX_WORKERS, STREAM_ID
 
 
 class _Section(BaseModel):
@@ -336,6 +341,8 @@ class TransportConfig(_Section):
     frame_hwm: int = Field(default=DEFAULT_FRAME_HWM, ge=1)
     live_depth: int = Field(default=DEFAULT_LIVE_DEPTH, ge=1, le=64)
     linger_ms: int = Field(default=DEFAULT_LINGER_MS, ge=0)
+    credits: int = Field(default=0, ge=0, le=MAX_CREDIT)
+    worker_timeout_s: float = Field(default=DEFAULT_WORKER_TIMEOUT_S, gt=0, le=600)
 
 
 class MetricsConfig(_Section):

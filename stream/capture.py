@@ -1,9 +1,11 @@
 """The capture stage: one process per source, stamping and publishing frames.
 
-Files and folders are sent with back-pressure (nothing dropped) unless
-``realtime`` is set; live sources and ``realtime`` never wait for the
-workers: their frames are flagged LIVE, so that a worker behind drops the
-oldest, and a frame that cannot even be queued is dropped here and counted.
+Frames go to the workers that ask for them (dispatch.py). Files and folders
+wait for a worker with room (nothing dropped) unless ``realtime`` is set, and
+what a worker that vanished held is sent to another; live sources and
+``realtime`` never wait for the workers: their frames are flagged LIVE, so
+that a worker behind drops the oldest, and a frame no worker has room for
+waits here until one has or a newer frame replaces it (dropped, counted).
 Under ``anonstream run``, a file's frames in flight also stay within the
 ledger's window (ledger.py), so that a slow frame holds the capture back
 instead of frames piling up behind it.
@@ -12,6 +14,7 @@ instead of frames piling up behind it.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
 import time
@@ -21,6 +24,7 @@ from anonstream.config import Settings, SourceSpec
 from anonstream.errors import SourceError
 from anonstream.process import Channel, Finished
 from anonstream.redaction import redact
+from anonstream.stream.dispatch import Dispatcher
 from anonstream.stream.keys import network_for
 from anonstream.stream.ledger import Ledger, Window
 from anonstream.stream.sources import SourceFrame, SourceInfo, open_source
@@ -65,7 +69,6 @@ class CaptureStage:
     settings: Settings
     ledger: Ledger | None = None
     slot: int = 0  # this stream's place in the ledger
-    peers: int = 1  # the workers that will connect (all of them are waited for before a file is read)
     role: str = "capture"
 
     @property
@@ -78,18 +81,14 @@ class CaptureStage:
         with (
             network_for(cfg.security) as network,
             open_source(self.spec, self.stream_id, cfg.capture, stop) as source,
-            # Closing waits (up to linger_s) until the workers have taken every queued frame and the end of stream.
-            network.sender(cfg.transport.frame_hwm, linger_ms).bind(self.endpoint) as sender,
+            Dispatcher(linger_ms, cfg.transport.worker_timeout_s, network).bind(self.endpoint) as sender,
         ):
             info = source.info
             flags = source_flags(info, cfg)
             live = bool(flags & Flag.LIVE)
             channel.ready(_describe(info, live), info.frames)
-            # Reading a live source before a worker is connected would only drop its first frames;
-            # a file's frames are dealt to the workers connected at the time, so it waits for all of them.
-            sender.wait_for_peers(stop, 1 if live else self.peers)
+            sender.wait_for_workers(stop)  # reading a live source before any worker asks would only drop frames
             seq = dropped = 0
-            resumed_dropped = False
             reason = "eof"
             started: float | None = None
             first_pts = 0
@@ -101,6 +100,26 @@ class CaptureStage:
             # This start's session: seq counts from 0 again, so the record side tells a restart from a replay.
             epoch = secrets.randbelow(MAX_EPOCH) + 1
             log.info("session %016x", epoch)
+
+            def emit(frame: SourceFrame, captured: int, resumed: bool, until: threading.Event, block: bool) -> bool:
+                """Send a frame as the next seq; False if no worker had room (not ``block``), or stopped."""
+                nonlocal seq
+                flagged = flags | Flag.RESUMED if resumed else flags
+                header = frame_header(source.info, frame, seq, flagged, dropped, epoch)
+                header.stamp(Stage.CAPTURED, captured)
+                if window is not None and not window.wait(frame.pixels.nbytes, until, sender.listen):
+                    return False
+                header.stamp(Stage.SENT)
+                if not sender.send(FrameMessage(header, frame.pixels), until, block=block):
+                    return False
+                if window is not None:
+                    window.sent(seq, frame.pixels.nbytes)
+                seq += 1
+                return True
+
+            # A live frame no worker had room for waits for one, until a newer frame replaces it (dropped, counted):
+            # the newest frame is never the one dropped.
+            waiting: tuple[SourceFrame, int, bool] | None = None
             while True:
                 try:
                     frame = next(frames)
@@ -122,40 +141,44 @@ class CaptureStage:
                         reason = "stopped"
                         break
                     captured = time.time_ns()
-                resumed = frame.resumed or resumed_dropped
-                flagged = flags | Flag.RESUMED if resumed else flags
-                header = frame_header(source.info, frame, seq, flagged, dropped, epoch)
-                header.stamp(Stage.CAPTURED, captured)
-                if window is not None and not window.wait(frame.pixels.nbytes, stop):
-                    reason = "stopped"
-                    break
-                header.stamp(Stage.SENT)
-                if sender.send(FrameMessage(header, frame.pixels), stop, block=not live):
-                    if window is not None:
-                        window.sent(seq, frame.pixels.nbytes)
-                    seq += 1
-                    resumed_dropped = False
-                elif stop.is_set():
-                    reason = "stopped"
-                    break
-                else:
+                if not live:
+                    if not emit(frame, captured, frame.resumed, stop, block=True):
+                        reason = "stopped"
+                        break
+                    continue
+                resumed = frame.resumed
+                if waiting is not None and not emit(*waiting, stop, block=False):
                     dropped += 1
-                    resumed_dropped = bool(header.flags & Flag.RESUMED)  # the next frame starts the new segment
+                    resumed = resumed or waiting[2]  # it was to start the new segment: now this one does
+                    waiting = (frame, captured, resumed)
+                    continue
+                waiting = None if emit(frame, captured, resumed, stop, block=False) else (frame, captured, resumed)
             if stop.is_set():
                 reason = "stopped"
+            # A file's last frames may keep the workers busy for long: it waits until they are all done, while any
+            # worker lives (under `run`, where dead workers are restarted, always). A live stream waits linger_s.
+            until = _deadline(linger_ms) if live else stop
+            alone_s = math.inf if self.ledger is not None else cfg.capture.linger_s
+            if waiting is not None and not emit(*waiting, until, block=True):
+                dropped += 1
             end = EndOfStream(self.stream_id, seq, dropped, source.skipped, reason, epoch)
-            # A file's last frames may keep the workers busy for longer than linger_s, and a closing socket drops
-            # what it has not handed over by then: under the ledger it waits until the record stage has them all.
-            until = stop if window is not None else _deadline(round(cfg.capture.linger_s * 1000))
-            if not sender.send(end, until):
+            if not sender.send(end, until, alone_s=alone_s):
                 log.warning("%s: end of stream could not be delivered", self.stream_id)
+            elif not sender.drain(until, alone_s):
+                log.warning("%s: %d message(s) still with workers at the end", self.stream_id, sender.in_flight)
             if self.ledger is not None:  # the stream ends even if its end of stream goes down with a worker
                 self.ledger.sent[self.slot] = seq
             if window is not None:
-                window.drain(seq, stop)
+                window.drain(seq, stop, sender.listen)
             log.info(
-                "end of stream (%s): %d frames sent, %d dropped, %d undecodable", reason, seq, dropped, source.skipped
+                "end of stream (%s): %d frames sent, %d dropped, %d undecodable, %d sent again to another worker",
+                reason,
+                seq,
+                dropped,
+                source.skipped,
+                sender.resent,
             )
+            log.info("taken by worker: %s", ", ".join(f"{n}: {count}" for n, count in sorted(sender.taken.items())))
             if failure is not None:
                 raise failure
             channel.send(Finished(self.title, {"sent": seq, "dropped": dropped, "skipped": source.skipped}))

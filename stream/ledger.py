@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING
@@ -67,24 +68,35 @@ class Window:
     _flight: deque[tuple[int, int]] = field(default_factory=deque)  # (seq, bytes) sent, oldest first
     _bytes: int = 0
 
-    def wait(self, nbytes: int, stop: threading.Event) -> bool:
-        """Block until a frame of ``nbytes`` fits (a frame always fits alone); False if stopped first."""
+    def wait(self, nbytes: int, stop: threading.Event, serve: Callable[[float], None] | None = None) -> bool:
+        """Block until a frame of ``nbytes`` fits (a frame always fits alone); False if stopped first.
+
+        ``serve(seconds)`` is what the capture does while it waits: listen to its workers.
+        """
         while True:
             done = int(self.ledger.done[self.slot])
             while self._flight and self._flight[0][0] < done:
                 self._bytes -= self._flight.popleft()[1]
             if not self._flight or (len(self._flight) < self.max_frames and self._bytes + nbytes <= self.max_bytes):
                 return True
-            if stop.wait(WAIT_S):
+            if _waited(stop, serve):
                 return False
 
-    def drain(self, frames: int, stop: threading.Event) -> bool:
+    def drain(self, frames: int, stop: threading.Event, serve: Callable[[float], None] | None = None) -> bool:
         """Block until the record stage is past all ``frames`` (recorded or counted lost); False if stopped first."""
         while int(self.ledger.done[self.slot]) < frames:
-            if stop.wait(WAIT_S):
+            if _waited(stop, serve):
                 return False
         return True
 
     def sent(self, seq: int, nbytes: int) -> None:
         self._flight.append((seq, nbytes))
         self._bytes += nbytes
+
+
+def _waited(stop: threading.Event, serve: Callable[[float], None] | None) -> bool:
+    """Wait a little, serving if asked to; whether stopped."""
+    if serve is None:
+        return stop.wait(WAIT_S)
+    serve(WAIT_S)
+    return stop.is_set()

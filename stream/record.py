@@ -67,7 +67,8 @@ class RecordStage:
             ensure_output_dir(cfg.record.dir)
         frames, nbytes = cfg.in_flight
         loss_timeout_s, idle_timeout_s = cfg.sequencer.loss_timeout_s, cfg.record.drain_timeout_s
-        sequencer = Sequencer(loss_timeout_s, frames, nbytes, self.workers, idle_timeout_s)
+        resend_s = cfg.transport.worker_timeout_s  # how long a capture takes to send a dead worker's frames again
+        sequencer = Sequencer(loss_timeout_s, frames, nbytes, self.workers, idle_timeout_s, resend_s)
         recorders: dict[str, Recorder] = {}
         hold = Hold(cfg)
         live = {

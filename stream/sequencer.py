@@ -11,7 +11,9 @@ depends on the stream:
   way. Only a worker that dies takes frames with it, so a missing frame is
   lost only after a worker died (``worker_died``), and once every one of the
   ``workers`` has said it held nothing (``Idle``) at least ``IDLE_GRACE_S``
-  after both that death and the moment the stream began to wait. A worker
+  after both that death and the moment the stream began to wait; after a
+  death, ``resend_s`` later still, the time a capture takes to give the dead
+  worker up and send what it held to another. A worker
   keeps its number when the orchestrator restarts it. With no death, only
   every worker idle ``idle_timeout_s`` after the wait began says a frame is
   gone (it should never happen; it is counted and logged like any loss).
@@ -96,8 +98,10 @@ class Sequencer:
         max_pending_bytes: int = 2**62,
         workers: int = 0,
         idle_timeout_s: float = 30.0,
+        resend_s: float = 0.0,
     ) -> None:
         self.loss_timeout_s = loss_timeout_s
+        self.resend_s = resend_s
         self.idle_timeout_s = idle_timeout_s
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
@@ -214,7 +218,7 @@ class Sequencer:
         if self._died is None:  # slow, or on its way: no worker died that could have taken it
             since = state.stalled_since + self.idle_timeout_s
         else:
-            since = max(state.stalled_since, self._died) + IDLE_GRACE_S
+            since = max(state.stalled_since, self._died + self.resend_s) + IDLE_GRACE_S
         return all(self._idle.get(n, -1.0) >= since for n in range(1, self.workers + 1))
 
     def _skip_gap(self, state: _StreamState) -> list[Released]:

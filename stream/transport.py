@@ -1,8 +1,9 @@
 """ZeroMQ sockets that carry wire messages between processes.
 
-Frames flow over PUSH/PULL: a capture binds a PUSH socket, workers connect
-PULL sockets to every capture (fair-queued) and PUSH their output to the one
-record process, which binds a PULL socket. Every high-water mark and limit
+A capture binds a ROUTER socket and deals its frames by credit to the
+workers, each of which connects a DEALER to every capture (dispatch.py).
+Workers PUSH their output to the one record process, which binds a PULL
+socket. Every high-water mark and limit
 on what a process holds is named here and nowhere else; the configurable ones
 (config.TransportConfig) take their defaults from here.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Self
@@ -23,7 +23,18 @@ from zmq.utils.monitor import recv_monitor_message
 from anonstream.closing import Closing
 from anonstream.errors import WireError
 from anonstream.process import log_sampled
-from anonstream.stream.wire import Dropped, EndOfStream, FrameMessage, Idle, Message, decode, encode
+from anonstream.stream.wire import (
+    Credit,
+    Done,
+    Dropped,
+    EndOfStream,
+    FrameMessage,
+    Idle,
+    Message,
+    Reset,
+    decode,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +49,7 @@ ZAP_DOMAIN = "anonstream"  # the authentication domain of every bound TCP socket
 HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
-PEERS_TIMEOUT_S = 30.0  # how long a capture waits for every worker to connect before it settles for fewer
+DEFAULT_WORKER_TIMEOUT_S = 3.0  # a worker a capture has not heard from this long is given up (dispatch.py)
 
 
 @dataclass(frozen=True)
@@ -152,7 +163,7 @@ class Network(Closing):
         self.context.term()
 
 
-class _Socket(Closing):
+class Socket(Closing):
     def __init__(self, kind: int, hwm: int, linger_ms: int, network: Network | None = None) -> None:
         # Alone (tests, tools), a socket has a context of its own; in a stage, the process's network's.
         self.network = network or Network(plaintext_ok=True, bare=True)
@@ -194,37 +205,13 @@ class _Socket(Closing):
             self.network.close()
 
 
-class FrameSender(_Socket):
+class FrameSender(Socket):
     """A PUSH socket for wire messages; blocking sends give back-pressure."""
 
     def __init__(
         self, hwm: int = DEFAULT_FRAME_HWM, linger_ms: int = DEFAULT_LINGER_MS, network: Network | None = None
     ) -> None:
         super().__init__(zmq.PUSH, hwm, linger_ms, network)
-
-    def wait_for_peers(self, stop: threading.Event, peers: int = 1, timeout_s: float = PEERS_TIMEOUT_S) -> bool:
-        """Block until ``peers`` receivers have connected (False if stopped first).
-
-        PUSH deals messages round robin to the peers connected at the time: a burst sent as
-        the first one connects all goes to it, and a peer whose connection is still being
-        made when messages are dealt to it may never see them. So a capture of a file waits
-        for every worker. After ``timeout_s`` it settles for those there are (at least one).
-        """
-        monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        try:
-            deadline = time.monotonic() + timeout_s
-            joined = 0
-            while not stop.is_set() and joined < peers:
-                if monitor.poll(POLL_MS):
-                    recv_monitor_message(monitor)
-                    joined += 1
-                elif time.monotonic() > deadline and self.socket.poll(0, zmq.POLLOUT):
-                    log.warning("%d of %d workers connected after %.0f s; going on with them", joined, peers, timeout_s)
-                    break
-        finally:
-            self.socket.disable_monitor()
-            monitor.close()
-        return not stop.is_set()
 
     def send(self, message: Message, stop: threading.Event | None = None, block: bool = True) -> bool:
         """Send one message; False if it could not go (non-blocking and full, or stopped while waiting)."""
@@ -241,7 +228,7 @@ class FrameSender(_Socket):
             self.socket.poll(POLL_MS, zmq.POLLOUT)
 
 
-class FrameReceiver(_Socket):
+class FrameReceiver(Socket):
     """A PULL socket that validates every message and counts the ones it rejects.
 
     ``accept`` names the message types this end expects; any other is rejected
@@ -266,7 +253,7 @@ class FrameReceiver(_Socket):
         parts = self.socket.recv_multipart(copy=False)
         try:
             message = decode(parts)
-            if not isinstance(message, self._accept):
+            if isinstance(message, Credit | Done | Reset) or not isinstance(message, self._accept):
                 raise WireError(f"a {type(message).__name__} message is not expected here")
             return message
         except WireError as exc:  # decode turns whatever a hostile message provokes into WireError (tested)

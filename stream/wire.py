@@ -1,7 +1,8 @@
-"""The wire format between anonstream's processes, version 7.
+"""The wire format between anonstream's processes, version 8.
 
 Version 2 added Flag.STILL, 3 Flag.RESUMED, 4 Flag.LIVE and the drop notice,
-5 the class of each masked box, 6 the idle notice, 7 the capture's epoch.
+5 the class of each masked box, 6 the idle notice, 7 the capture's epoch,
+8 the credit, done and reset messages between captures and workers.
 
 A frame is a two-part ZeroMQ message: a msgpack header, then the raw pixel
 buffer, sent and received without copying. End of stream is its own one-part
@@ -10,14 +11,19 @@ a live stream unseen because a newer one was waiting, so that the record
 stage moves on at once instead of waiting for the frame as lost. An idle
 notice is a worker's word that it held no frame at a given moment: after a
 worker died, that is how the record stage tells a frame of a file that went
-down with it from one still on its way (sequencer.py). Every received
+down with it from one still on its way (sequencer.py). Between a capture and
+its workers, work goes by credit (dispatch.py): a worker's credit message
+says how many more frames it can take, its done message that it has passed
+one on (a credit back), and a capture's reset that it does not know the
+worker (it restarted, or gave the worker up): the worker then says afresh
+what it can take. Every received
 message is validated before use; nothing is allocated on a header's say-so
 (pixels are a view of the buffer that arrived).
 
 Header keys (msgpack map; no other keys are accepted):
 
     v        int    wire version, WIRE_VERSION
-    kind     int    Kind.FRAME, Kind.END, Kind.DROP or Kind.IDLE
+    kind     int    Kind.FRAME, Kind.END, Kind.DROP, Kind.IDLE, Kind.CREDIT, Kind.DONE or Kind.RESET
     stream   str    stream id: letters, digits, '.', '_', '-', at most 64, not starting with '.', '_', '-'
     epoch    int    (frames, ends, drops) the capture's session: a random id per capture start, 1..MAX_EPOCH;
                     seq counts from 0 again in a new one (0: none given, as from the Python API)
@@ -45,6 +51,14 @@ Header keys (msgpack map; no other keys are accepted):
     --- idle notice only (no stream key) ---
     worker   int    the worker's number, 1..MAX_WORKERS
     at       int    CLOCK_MONOTONIC ns (one host's clock) when its queues were found empty
+    --- credit only (no stream key) ---
+    worker   int    the worker's number, 1..MAX_WORKERS
+    credit   int    frames it can take, 0..MAX_CREDIT: all it can take now if hello, else more than it said
+    hello    bool   the first word of this worker to this capture (after a start, or a reset)
+    --- done only ---
+    worker   int    the worker's number
+    seq      int    the frame it passed on (anonymized, dropped, or failed and counted); an end: its frames
+    --- reset only: v and kind ---
 """
 
 from __future__ import annotations
@@ -62,9 +76,10 @@ import numpy as np
 
 from anonstream.errors import WireError
 
-WIRE_VERSION = 7
+WIRE_VERSION = 8
 MAX_EPOCH = 2**63 - 1
 MAX_WORKERS = 64
+MAX_CREDIT = 64  # frames one worker may ask of one capture at once
 MAX_SIDE = 16384
 MAX_BOXES = 4096  # boxes listed in a header; a crowd may have more masked, the best-scored are listed
 MAX_HEADER_BYTES = 64 * 1024 + MAX_BOXES * 80  # room for MAX_BOXES boxes (46 msgpack bytes, and the class name)
@@ -84,6 +99,9 @@ class Kind(IntEnum):
     END = 2
     DROP = 3
     IDLE = 4
+    CREDIT = 5
+    DONE = 6
+    RESET = 7
 
 
 class Flag(IntFlag):
@@ -170,7 +188,32 @@ class Idle:
     at_ns: int
 
 
-Message = FrameMessage | EndOfStream | Dropped | Idle
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """Worker ``worker`` can take ``credit`` more frames (all it can take, if ``hello``); also its heartbeat."""
+
+    worker: int
+    credit: int
+    hello: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Worker ``worker`` passed on message ``seq`` of ``stream`` (an end of stream: its frame count): a credit back."""
+
+    worker: int
+    stream: str
+    seq: int
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """A capture does not know the worker it hears from: the worker is to say afresh what it can take."""
+
+
+Message = FrameMessage | EndOfStream | Dropped | Idle  # what goes on towards the record stage
+Control = Credit | Done | Reset  # what a capture and its workers say about the work between them
 
 
 def pixel_layout(pixels: np.ndarray) -> str:
@@ -184,7 +227,7 @@ def pixel_layout(pixels: np.ndarray) -> str:
     raise WireError(f"cannot send an array of shape {pixels.shape}: expected HxW, HxWx3 or HxWx4")
 
 
-def encode(message: Message) -> list[bytes | memoryview]:
+def encode(message: Message | Control) -> list[bytes | memoryview]:
     """Parts to pass to ``send_multipart(copy=False)``; pixels are not copied if contiguous."""
     if isinstance(message, EndOfStream):
         head: dict[str, Any] = {
@@ -211,6 +254,27 @@ def encode(message: Message) -> list[bytes | memoryview]:
     if isinstance(message, Idle):
         idle = {"v": WIRE_VERSION, "kind": int(Kind.IDLE), "worker": message.worker, "at": message.at_ns}
         return [msgpack.packb(idle)]
+    if isinstance(message, Credit):
+        credit = {
+            "v": WIRE_VERSION,
+            "kind": int(Kind.CREDIT),
+            "worker": message.worker,
+            "credit": message.credit,
+            "hello": message.hello,
+        }
+        return [msgpack.packb(credit)]
+    if isinstance(message, Done):
+        done = {
+            "v": WIRE_VERSION,
+            "kind": int(Kind.DONE),
+            "worker": message.worker,
+            "stream": message.stream,
+            "seq": message.seq,
+            "epoch": message.epoch,
+        }
+        return [msgpack.packb(done)]
+    if isinstance(message, Reset):
+        return [msgpack.packb({"v": WIRE_VERSION, "kind": int(Kind.RESET)})]
     h = message.header
     pixels = np.ascontiguousarray(message.pixels)
     if tuple(pixels.shape) != tuple(h.shape) or str(pixels.dtype) != h.dtype:
@@ -261,6 +325,9 @@ _FRAME_KEYS = frozenset(
 _END_KEYS = frozenset({"v", "kind", "stream", "frames", "dropped", "skipped", "reason", "epoch"})
 _DROP_KEYS = frozenset({"v", "kind", "stream", "seq", "by", "epoch"})
 _IDLE_KEYS = frozenset({"v", "kind", "worker", "at"})
+_CREDIT_KEYS = frozenset({"v", "kind", "worker", "credit", "hello"})
+_DONE_KEYS = frozenset({"v", "kind", "worker", "stream", "seq", "epoch"})
+_RESET_KEYS = frozenset({"v", "kind"})
 
 
 def _int(head: dict[str, Any], key: str, low: int = 0, high: int = 2**63 - 1) -> int:
@@ -325,7 +392,7 @@ def _unpack_header(raw: bytes) -> dict[str, Any]:
     return head
 
 
-def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
+def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message | Control:
     """Validate and decode a received multipart message; raises WireError.
 
     ``parts`` items may be bytes, memoryviews or ``zmq.Frame`` objects (their
@@ -360,6 +427,20 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any]) -> Message:
         if len(parts) != 1 or set(head) != _IDLE_KEYS:
             raise WireError("malformed idle notice")
         return Idle(worker=_int(head, "worker", 1, MAX_WORKERS), at_ns=_int(head, "at", 0, MAX_STAMP))
+    if kind == Kind.CREDIT:
+        if len(parts) != 1 or set(head) != _CREDIT_KEYS or type(head["hello"]) is not bool:
+            raise WireError("malformed credit")
+        worker, credit = _int(head, "worker", 1, MAX_WORKERS), _int(head, "credit", 0, MAX_CREDIT)
+        return Credit(worker, credit, head["hello"])
+    if kind == Kind.DONE:
+        if len(parts) != 1 or set(head) != _DONE_KEYS:
+            raise WireError("malformed done notice")
+        worker = _int(head, "worker", 1, MAX_WORKERS)
+        return Done(worker, _stream(head), _int(head, "seq"), _int(head, "epoch", 0, MAX_EPOCH))
+    if kind == Kind.RESET:
+        if len(parts) != 1 or set(head) != _RESET_KEYS:
+            raise WireError("malformed reset")
+        return Reset()
     if kind != Kind.FRAME:
         raise WireError(f"unknown message kind {kind!r}")
     if set(head) != _FRAME_KEYS:

@@ -1,8 +1,8 @@
 """Hostile input on the frame sockets: thousands of malformed messages while real frames flow.
 
 A worker and a record process run as users run them, over TCP. The test
-feeds the worker a real stream on one socket and, on a second one it also
-listens to, messages made by hypothesis: random bytes, wrong part counts,
+feeds the worker a real stream from one capture socket and, from a second
+capture it also asks for frames, messages made by hypothesis: random bytes, wrong part counts,
 headers with fields of every wrong type and size, huge declared shapes,
 pixel buffers shorter or longer than declared. The same garbage goes
 straight to the record process. Every real frame must come out anonymized
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from anonstream.demo import AstronautClip, astronaut_bgr
 from anonstream.errors import WireError
-from anonstream.stream.transport import FrameSender
+from anonstream.stream.dispatch import Dispatcher
 from anonstream.stream.wire import EndOfStream, decode, encode
 from tests.conftest import decode_video, free_port, raw_frame, start_cli
 from tests.test_pipeline import assert_face_masked
@@ -98,16 +98,19 @@ def test_real_frames_come_through_thousands_of_hostile_messages(tmp_path: Path) 
     context = zmq.Context()
     context.setsockopt(zmq.LINGER, 0)
     try:
-        with FrameSender(hwm=1000).bind(f"tcp://127.0.0.1:{real_port}") as real:
-            to_worker = context.socket(zmq.PUSH)
+        with Dispatcher().bind(f"tcp://127.0.0.1:{real_port}") as real:
+            # A hostile capture: it waits for the worker to ask for frames, then sends it garbage.
+            to_worker = context.socket(zmq.ROUTER)
             to_worker.bind(f"tcp://127.0.0.1:{bad_port}")
+            assert to_worker.poll(60_000), "the worker never asked the hostile capture for frames"
+            worker_id = to_worker.recv_multipart()[0]
             to_record = context.socket(zmq.PUSH)
             to_record.connect(f"tcp://127.0.0.1:{rec_port}")
             share = len(corpus) // FRAMES
             for seq, frame in enumerate(raw):
                 assert real.send(raw_frame(REAL, seq, frame.copy()))
                 for parts in corpus[seq * share : (seq + 1) * share]:
-                    to_worker.send_multipart(parts)
+                    to_worker.send_multipart([worker_id, *parts])
                     to_record.send_multipart(parts)
             assert real.send(EndOfStream(REAL, FRAMES))
             record_out, record_err = record.communicate(timeout=120)

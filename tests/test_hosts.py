@@ -6,9 +6,12 @@ On loopback here; tests/test_namespaces.py runs the same roles in network namesp
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import signal
 import socket
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,3 +188,58 @@ def test_insecure_plaintext_is_allowed_with_a_warning_at_start() -> None:
         _, stderr = record.communicate(timeout=60)
     assert record.returncode == 0, stderr
     assert f"{endpoint} carries frames unencrypted and unauthenticated (--insecure-plaintext)" in stderr
+
+
+class SlowHost:
+    """A process on a host with a quarter of the CPU: stopped 3/4 of the time (SIGSTOP, SIGCONT), by a thread."""
+
+    def __init__(self, pid: int, running_s: float = 0.01, stopped_s: float = 0.03) -> None:
+        self.pid, self.running_s, self.stopped_s = pid, running_s, stopped_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            os.kill(self.pid, signal.SIGSTOP)
+            time.sleep(self.stopped_s)
+            os.kill(self.pid, signal.SIGCONT)
+            time.sleep(self.running_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_a_worker_on_a_slow_host_gets_fewer_frames(tmp_path: Path) -> None:
+    """Two real workers, one of them on a host with a quarter of the CPU: it asks for fewer frames, and gets them.
+
+    Dealt round robin, each would get half (and the file would go at the slow host's pace).
+    """
+    clip = AstronautClip(width=640, height=360, frames=240, fps=30).write(tmp_path / "walk.mp4")
+    cap, rec, out = f"ipc://{tmp_path}/cap", f"ipc://{tmp_path}/rec", tmp_path / "out"
+    record = start_cli("record", "--bind", rec, "--record", str(out), "--expect", "walk")
+    workers = [
+        start_cli(
+            "worker", "--number", n, "--input", cap, "--output", rec, "--detect", "faces", "--set", "runtime.threads=1"
+        )
+        for n in ("1", "2")
+    ]
+    time.sleep(5)  # both have loaded their model
+    slow = SlowHost(workers[1].pid)
+    try:
+        result = run_cli("capture", "--source", str(clip), "--bind", cap)
+        assert result.returncode == 0, result.stderr
+        _, record_err = record.communicate(timeout=120)
+        assert record.returncode == 0, record_err
+    finally:
+        slow.close()
+        for process in (record, *workers):
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+            process.communicate(timeout=60)
+    taken = re.search(r"taken by worker: 1: (\d+), 2: (\d+)", result.stderr)
+    assert taken, result.stderr
+    fast_share, slow_share = (int(n) / 241 for n in taken.groups())  # 240 frames and the end of stream
+    assert slow_share < 0.35 < fast_share, (fast_share, slow_share)
+    assert len(decode_video(out / "walk.mp4")[0]) == 240  # every frame, once

@@ -14,13 +14,17 @@ from anonstream.stream.detections import Detections
 from anonstream.stream.transport import FrameReceiver, FrameSender
 from anonstream.stream.wire import (
     MAX_BOXES,
+    MAX_CREDIT,
     MAX_HEADER_BYTES,
     WIRE_VERSION,
+    Credit,
+    Done,
     Dropped,
     EndOfStream,
     Flag,
     FrameHeader,
     FrameMessage,
+    Reset,
     Stage,
     decode,
     encode,
@@ -138,6 +142,8 @@ def _head(**changes: object) -> bytes:
 
 PIXELS = bytes(4 * 6 * 3)
 DROP = {"v": WIRE_VERSION, "kind": 3, "stream": "s", "seq": 1, "by": "worker"}
+CREDIT = {"v": WIRE_VERSION, "kind": 5, "worker": 1, "credit": 4, "hello": True}
+DONE = {"v": WIRE_VERSION, "kind": 6, "worker": 1, "stream": "s", "seq": 3, "epoch": 9}
 MALFORMED = {
     "random bytes": [b"\x93\xff\x00garbage"],
     "empty message": [b""],
@@ -146,7 +152,7 @@ MALFORMED = {
     "not a map": [msgpack.packb([1, 2, 3]), PIXELS],
     "unknown version": [_head(v=99), PIXELS],
     "previous version": [_head(v=WIRE_VERSION - 1), PIXELS],
-    "unknown kind": [_head(kind=7), PIXELS],
+    "unknown kind": [_head(kind=99), PIXELS],
     "missing key": [msgpack.packb({"v": WIRE_VERSION, "kind": 1, "stream": "x"}), PIXELS],
     "extra key": [_head(evil=1), PIXELS],
     "huge shape": [_head(shape=[100000, 100000, 3]), PIXELS],
@@ -184,7 +190,20 @@ MALFORMED = {
     "drop notice with pixels": [msgpack.packb(DROP), PIXELS],
     "drop notice by an unknown stage": [msgpack.packb(DROP | {"by": "capture"})],
     "drop notice without seq": [msgpack.packb({k: v for k, v in DROP.items() if k != "seq"})],
+    "credit beyond the limit": [msgpack.packb(CREDIT | {"credit": MAX_CREDIT + 1})],
+    "negative credit": [msgpack.packb(CREDIT | {"credit": -1})],
+    "credit with hello as a number": [msgpack.packb(CREDIT | {"hello": 1})],
+    "credit from worker 0": [msgpack.packb(CREDIT | {"worker": 0})],
+    "done with a bad stream id": [msgpack.packb(DONE | {"stream": "../s"})],
+    "done without its epoch": [msgpack.packb({k: v for k, v in DONE.items() if k != "epoch"})],
+    "reset with a key": [msgpack.packb({"v": WIRE_VERSION, "kind": 7, "worker": 1})],
+    "credit with pixels": [msgpack.packb(CREDIT), PIXELS],
 }
+
+
+@pytest.mark.parametrize("message", [Credit(3, 8, hello=True), Credit(64, 0), Done(2, "cam.1", 41, 7), Reset()])
+def test_what_captures_and_workers_say_about_the_work_survives_encoding(message: object) -> None:
+    assert decode([bytes(p) for p in encode(message)]) == message  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", list(MALFORMED))

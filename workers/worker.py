@@ -1,6 +1,8 @@
 """The detection worker: receive a raw frame, mask every face and plate, send it on.
 
-Workers are stateless, so any frame of any stream can go to any of them. The
+Workers are stateless, so any frame of any stream can go to any of them: a
+worker asks each capture for frames and hands each credit back once it has
+passed the frame on (dispatch.py), so a faster worker gets more. The
 one rule: nothing leaves a worker unless it is anonymized. When detection
 fails, the whole frame is masked instead and flagged FULL_MASK; when even
 that fails, the frame is dropped and counted (the sequencer counts it lost).
@@ -22,6 +24,7 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -29,11 +32,12 @@ import numpy as np
 from anonstream.config import Settings
 from anonstream.process import Channel, Finished, log_sampled
 from anonstream.stream.detections import Detections
+from anonstream.stream.dispatch import WorkerLink
 from anonstream.stream.keys import network_for
 from anonstream.stream.masking import Masking, mask_whole_frame
 from anonstream.stream.metrics import BATCH_BUCKETS, STATS_INTERVAL_S, Buckets, LatencyHistogram, WorkerStats
-from anonstream.stream.transport import MAX_BACKLOG, POLL_MS, FrameReceiver
-from anonstream.stream.wire import Box, Dropped, EndOfStream, Flag, FrameHeader, FrameMessage, Idle, Stage
+from anonstream.stream.transport import MAX_BACKLOG, POLL_MS
+from anonstream.stream.wire import Box, Dropped, EndOfStream, Flag, FrameHeader, FrameMessage, Idle, Message, Stage
 from anonstream.workers.detectors import Detector, Frame, Prepared, make_detectors
 
 log = logging.getLogger(__name__)
@@ -152,6 +156,12 @@ def _frame(message: FrameMessage) -> Frame:
     return Frame(message.pixels, bool(message.header.flags & Flag.STILL), message.header.seq)
 
 
+class Inbox(Protocol):
+    """Where a worker's frames come from: its link to the captures (or, in tests, a plain receiver)."""
+
+    def receive(self, timeout_ms: int = POLL_MS) -> Message | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Taken:
     """What a worker takes at once: frames to anonymize, then maybe an end of stream; drops to announce first."""
@@ -166,7 +176,7 @@ class Backlog:
     """What a worker has received and not yet taken, and the rule that keeps live streams fresh.
 
     Frames of files and folders wait their turn, and no more of them are
-    received than one batch, so their capture feels back-pressure. A live
+    taken in than one batch (the rest wait in the inbox). A live
     stream (Flag.LIVE) keeps only its ``live_depth`` newest frames here: when
     a newer one arrives, the oldest is dropped unseen, so a worker that falls
     behind catches up with the camera instead of queueing ever older frames.
@@ -176,7 +186,7 @@ class Backlog:
     socket until those are taken: a run that mixes both is rare.)
     """
 
-    def __init__(self, receiver: FrameReceiver, size: int, wait_s: float, live_depth: int) -> None:
+    def __init__(self, receiver: Inbox, size: int, wait_s: float, live_depth: int) -> None:
         self._receiver = receiver
         self._size, self._wait_s, self._live_depth = size, wait_s, live_depth
         self._items: deque[FrameMessage | EndOfStream] = deque()
@@ -223,7 +233,7 @@ class Backlog:
             if message is None:
                 break
             received = True
-            assert isinstance(message, FrameMessage | EndOfStream)  # the worker's receiver accepts nothing else
+            assert isinstance(message, FrameMessage | EndOfStream)  # the worker's inbox holds nothing else
             log.debug("received %s", message.header.seq if isinstance(message, FrameMessage) else message)
             if isinstance(message, FrameMessage):
                 message.header.stamp(Stage.RECEIVED)
@@ -282,18 +292,20 @@ class WorkerStage:
         cv2.setNumThreads(threads)  # resizing and masking share the worker's share of the cores
         anonymizer = FrameAnonymizer(make_detectors(cfg, threads), Masking(cfg.mask, cfg.mask_scales))
         hwm, linger = cfg.transport.frame_hwm, cfg.transport.linger_ms
-        accept = (FrameMessage, EndOfStream)
+        size, wait_s = anonymizer.batch_size, cfg.runtime.batch_wait_ms / 1000
+        # Enough credit for the batch in hand, the one prepared ahead and a frame more to choose the newest from.
+        credits = cfg.transport.credits or 2 * size + 2
         with (
             network_for(cfg.security) as network,
-            network.receiver(hwm, linger, accept) as receiver,
+            WorkerLink(self.number, credits, linger, network) as receiver,
             network.sender(hwm, linger) as sender,
         ):
             for endpoint in self.inputs:
                 receiver.connect(endpoint)
             sender.connect(self.output)
+            receiver.start()
             described = "; ".join(detector.description for detector in anonymizer.detectors)
-            channel.ready(f"{described}; {threads} thread(s) each")
-            size, wait_s = anonymizer.batch_size, cfg.runtime.batch_wait_ms / 1000
+            channel.ready(f"{described}; {threads} thread(s) each; asks {credits} frames of each capture")
             backlog = Backlog(receiver, size, wait_s, cfg.transport.live_depth)
 
             def take() -> tuple[Taken, list[Prepared] | None]:
@@ -323,13 +335,17 @@ class WorkerStage:
                     upcoming = ahead.submit(take)
                     for notice in taken.dropped:
                         sender.send(notice, stop)
+                        receiver.done(notice.stream, notice.epoch, notice.seq)
                     dropped += len(taken.dropped)
                     for result in anonymizer.process_batch(taken.frames, prepared) if taken.frames else []:
                         if result is not None:
                             sender.send(result, stop)
+                    for message in taken.frames:  # passed on, fully masked, or dropped and counted: a credit back
+                        receiver.done(message.header.stream, message.header.epoch, message.header.seq)
                     if taken.end is not None:
                         log.debug("forwarding the end of stream %s", taken.end.stream)
                         sender.send(taken.end, stop)
+                        receiver.done(taken.end.stream, taken.end.epoch, taken.end.frames)
                     if taken.idle_at_ns:
                         # After everything taken before: the record stage may now count missing frames lost.
                         sender.send(Idle(self.number, taken.idle_at_ns), stop)
