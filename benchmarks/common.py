@@ -97,11 +97,14 @@ def write_json(path: Path, payload: dict[str, object]) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 
-def anonstream_run(args: list[str], scratch: Path, what: str) -> tuple[Measured, dict[str, Any]]:
-    """`anonstream run ARGS` as a user runs it; its --summary-json: "workers" (what they ran on), "streams"."""
+def anonstream_run(
+    args: list[str], scratch: Path, what: str, command: list[str] = ANONSTREAM
+) -> tuple[Measured, dict[str, Any]]:
+    """`anonstream run ARGS` as a user runs it (``command``: another build's); its --summary-json: "workers"
+    (what they ran on), "streams"."""
     summary = scratch / "summary.json"
     summary.unlink(missing_ok=True)
-    measured = measure([*ANONSTREAM, "run", *args, "--summary-json", str(summary), "-q"], what)
+    measured = measure([*command, "run", *args, "--summary-json", str(summary), "-q"], what)
     written: dict[str, Any] = json.loads(summary.read_text(encoding="utf-8"))
     return measured, written
 

@@ -16,23 +16,20 @@ Two runs per build and repetition, `anonstream run` with 2 workers and the defau
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import ANONSTREAM, EVAL, RESULTS, console, describe, machine, measure, need, write_json
+from common import ANONSTREAM, EVAL, RESULTS, anonstream_run, console, describe, machine, need, write_json
 from rich.table import Table
 
 
 def _run(anonstream: list[str], video: Path, live: bool, scratch: Path) -> dict[str, Any]:
-    summary = scratch / "summary.json"
-    summary.unlink(missing_ok=True)
-    args = ["run", "--source", str(video), "--record", str(scratch / "out"), "--overwrite", "--workers", "2"]
-    args += ["--summary-json", str(summary), "-q", *(["--realtime"] if live else [])]
-    measured = measure([*anonstream, *args], " ".join(anonstream))
-    (stream,) = json.loads(summary.read_text(encoding="utf-8"))["streams"]
+    args = ["--source", str(video), "--record", str(scratch / "out"), "--overwrite", "--workers", "2"]
+    args += ["--realtime"] if live else []
+    measured, summary = anonstream_run(args, scratch, " ".join(anonstream), anonstream)
+    (stream,) = summary["streams"]
     p50, _, p99 = stream["latency_ms"]["end to end"]
     fps = stream["frames_out"] / measured.wall_s
     return {"fps": fps, "out": stream["frames_out"], "dropped": stream["dropped"], "lost": stream["lost"]} | {

@@ -46,6 +46,7 @@ from anonstream.stream.wire import (
     MAX_HEADER_BYTES,
     Credit,
     Done,
+    Dropped,
     EndOfStream,
     Flag,
     FrameMessage,
@@ -63,9 +64,12 @@ Work = FrameMessage | EndOfStream  # what a capture hands a worker
 Key = tuple[str, int, int]  # stream, epoch, seq (an end of stream: its frame count)
 
 
-def work_key(message: Work) -> Key:
+def work_key(message: Work | Dropped) -> Key:
+    """What a capture and a worker call a message between them (a drop notice: the frame it stands for)."""
     if isinstance(message, EndOfStream):
         return message.stream, message.epoch, message.frames
+    if isinstance(message, Dropped):
+        return message.stream, message.epoch, message.seq
     return message.header.stream, message.header.epoch, message.header.seq
 
 
@@ -96,6 +100,7 @@ class Dispatcher(Socket):
         self._again: list[Work] = []  # taken back from workers given up, oldest first: sent before anything new
         self.rejected = self.resent = self.given_up = 0
         self.taken: Counter[int] = Counter()  # worker number -> frames and ends it was sent
+        self._alone_since: float | None = None  # since when it has known no worker (None: it knows one)
 
     @property
     def in_flight(self) -> int:
@@ -120,34 +125,23 @@ class Dispatcher(Socket):
         """Send to a worker with credit; False if none has any (not ``block``), if stopped, or without any
         worker for ``alone_s``. A frame of a file and an end of stream are kept until done, to send again."""
         keep = None if isinstance(message, FrameMessage) and message.header.flags & Flag.LIVE else message
-        alone_since: float | None = None
         self.serve(0)
         while True:
             self._send_again()
             while (identity := self._pick()) is not None:
                 if self._deliver(identity, message, keep):
                     return True
-            if not block or (stop is not None and stop.is_set()):
-                return False
-            if self._workers:
-                alone_since = None
-            elif (alone_since := alone_since or time.monotonic()) + alone_s < time.monotonic():
+            if not block or (stop is not None and stop.is_set()) or self._alone_for(alone_s):
                 return False
             self.serve(POLL_MS)
 
     def drain(self, until: threading.Event, alone_s: float = math.inf) -> bool:
         """Serve the workers until all they were sent is done; False if ``until`` is set first, or
         there has been no worker for ``alone_s`` (what they held is then left for the record side to count)."""
-        alone_since: float | None = None
         while self.in_flight:
-            if until.is_set():
+            if until.is_set() or self._alone_for(alone_s):
                 return False
-            if self._workers:
-                alone_since = None
-            elif (alone_since := alone_since or time.monotonic()) + alone_s < time.monotonic():
-                return False
-            self._send_again()
-            self.serve(POLL_MS)
+            self.listen(POLL_MS / 1000)
         return True
 
     def serve(self, timeout_ms: int) -> None:
@@ -163,6 +157,11 @@ class Dispatcher(Socket):
         for identity, worker in list(self._workers.items()):
             if now - worker.heard > self.worker_timeout_s:
                 self._give_up(identity, f"unheard for {now - worker.heard:.1f} s")
+        self._alone_since = None if self._workers else self._alone_since or now
+
+    def _alone_for(self, seconds: float) -> bool:
+        """Whether it has known no worker for longer than ``seconds``."""
+        return self._alone_since is not None and time.monotonic() - self._alone_since > seconds
 
     def listen(self, seconds: float) -> None:
         """Serve for up to ``seconds``, sending again what waits to be (what a capture does while it waits)."""
@@ -289,11 +288,7 @@ class WorkerLink(Closing):
         dealer.setsockopt(zmq.RCVHWM, MAX_CREDIT + 1)
         dealer.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         try:
-            self.network.secure(dealer, endpoint, server=False)
-            dealer.connect(endpoint)
-        except zmq.ZMQError as exc:
-            dealer.close(linger=0)
-            raise WireError(f"cannot connect to {endpoint}: {exc}") from None
+            self.network.attach(dealer, endpoint, server=False)
         except WireError:
             dealer.close(linger=0)
             raise
@@ -312,8 +307,9 @@ class WorkerLink(Closing):
         except queue.Empty:
             return None
 
-    def done(self, stream: str, epoch: int, seq: int) -> None:
-        """Message ``seq`` of ``stream`` was passed on: its capture may forget it, and send another."""
+    def done(self, message: Work | Dropped) -> None:
+        """``message`` was passed on (or its drop notice was): its capture may forget it, and send another."""
+        stream, epoch, seq = work_key(message)
         with self._done_lock:
             self._done_out.send_multipart(encode(Done(self.number, stream, seq, epoch)))
 

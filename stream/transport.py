@@ -126,6 +126,19 @@ class Network(Closing):
             self._watch = threading.Thread(target=self._watch_handshakes, name="handshakes", daemon=True)
             self._watch.start()
 
+    def attach(self, socket: zmq.Socket[bytes], endpoint: str, server: bool) -> None:
+        """Secure ``socket``, then bind it (``server``) or connect it; any failure as one WireError."""
+        try:
+            self.secure(socket, endpoint, server)
+            if server:
+                socket.bind(endpoint)
+            else:
+                socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            if server:
+                raise WireError(f"cannot listen on {endpoint}: {exc} (is another process using it?)") from None
+            raise WireError(f"cannot connect to {endpoint}: {exc}") from None
+
     def callback(self, domain: str, key: bytes) -> bool:
         """The ZAP handler's question: may this client key in?"""
         assert self.curve is not None
@@ -176,24 +189,14 @@ class Socket(Closing):
             self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
 
     def bind(self, endpoint: str) -> Self:
-        try:
-            self.network.secure(self.socket, endpoint, server=True)
-            self.socket.bind(endpoint)
-        except zmq.ZMQError as exc:
-            self.close()
-            raise WireError(f"cannot listen on {endpoint}: {exc} (is another process using it?)") from None
-        except WireError:
-            self.close()
-            raise
-        return self
+        return self._attach(endpoint, server=True)
 
     def connect(self, endpoint: str) -> Self:
+        return self._attach(endpoint, server=False)
+
+    def _attach(self, endpoint: str, server: bool) -> Self:
         try:
-            self.network.secure(self.socket, endpoint, server=False)
-            self.socket.connect(endpoint)
-        except zmq.ZMQError as exc:
-            self.close()
-            raise WireError(f"cannot connect to {endpoint}: {exc}") from None
+            self.network.attach(self.socket, endpoint, server)
         except WireError:
             self.close()
             raise

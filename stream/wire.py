@@ -230,51 +230,25 @@ def pixel_layout(pixels: np.ndarray) -> str:
 def encode(message: Message | Control) -> list[bytes | memoryview]:
     """Parts to pass to ``send_multipart(copy=False)``; pixels are not copied if contiguous."""
     if isinstance(message, EndOfStream):
-        head: dict[str, Any] = {
-            "v": WIRE_VERSION,
-            "kind": int(Kind.END),
-            "stream": message.stream,
-            "frames": message.frames,
-            "dropped": message.dropped,
-            "skipped": message.skipped,
-            "reason": message.reason,
-            "epoch": message.epoch,
-        }
-        return [msgpack.packb(head)]
+        return _notice(
+            Kind.END,
+            stream=message.stream,
+            frames=message.frames,
+            dropped=message.dropped,
+            skipped=message.skipped,
+            reason=message.reason,
+            epoch=message.epoch,
+        )
     if isinstance(message, Dropped):
-        notice = {
-            "v": WIRE_VERSION,
-            "kind": int(Kind.DROP),
-            "stream": message.stream,
-            "seq": message.seq,
-            "by": message.by,
-            "epoch": message.epoch,
-        }
-        return [msgpack.packb(notice)]
+        return _notice(Kind.DROP, stream=message.stream, seq=message.seq, by=message.by, epoch=message.epoch)
     if isinstance(message, Idle):
-        idle = {"v": WIRE_VERSION, "kind": int(Kind.IDLE), "worker": message.worker, "at": message.at_ns}
-        return [msgpack.packb(idle)]
+        return _notice(Kind.IDLE, worker=message.worker, at=message.at_ns)
     if isinstance(message, Credit):
-        credit = {
-            "v": WIRE_VERSION,
-            "kind": int(Kind.CREDIT),
-            "worker": message.worker,
-            "credit": message.credit,
-            "hello": message.hello,
-        }
-        return [msgpack.packb(credit)]
+        return _notice(Kind.CREDIT, worker=message.worker, credit=message.credit, hello=message.hello)
     if isinstance(message, Done):
-        done = {
-            "v": WIRE_VERSION,
-            "kind": int(Kind.DONE),
-            "worker": message.worker,
-            "stream": message.stream,
-            "seq": message.seq,
-            "epoch": message.epoch,
-        }
-        return [msgpack.packb(done)]
+        return _notice(Kind.DONE, worker=message.worker, stream=message.stream, seq=message.seq, epoch=message.epoch)
     if isinstance(message, Reset):
-        return [msgpack.packb({"v": WIRE_VERSION, "kind": int(Kind.RESET)})]
+        return _notice(Kind.RESET)
     h = message.header
     pixels = np.ascontiguousarray(message.pixels)
     if tuple(pixels.shape) != tuple(h.shape) or str(pixels.dtype) != h.dtype:
@@ -299,6 +273,11 @@ def encode(message: Message | Control) -> list[bytes | memoryview]:
         "epoch": h.epoch,
     }
     return [msgpack.packb(head), pixels.data.cast("B")]
+
+
+def _notice(kind: Kind, **fields: object) -> list[bytes | memoryview]:
+    """A one-part message: its header alone."""
+    return [msgpack.packb({"v": WIRE_VERSION, "kind": int(kind), **fields})]
 
 
 _FRAME_KEYS = frozenset(

@@ -36,7 +36,7 @@ class Hands:
             if (message := self.link.receive(50)) is not None:
                 time.sleep(self.seconds_each)
                 self.got.append(message)
-                self.link.done(*work_key(message))
+                self.link.done(message)
 
     def seqs(self, stream: str) -> list[int]:
         return [m.header.seq for m in self.got if isinstance(m, FrameMessage) and m.header.stream == stream]

@@ -183,7 +183,7 @@ class Backlog:
     The newer frame keeps the stream's place in line, so that streams take
     turns: a stream whose frames were replaced is not sent to the back.
     (Live frames queued behind a batch's worth of lossless ones wait in the
-    socket until those are taken: a run that mixes both is rare.)
+    inbox until those are taken: a run that mixes both is rare.)
     """
 
     def __init__(self, receiver: Inbox, size: int, wait_s: float, live_depth: int) -> None:
@@ -335,17 +335,17 @@ class WorkerStage:
                     upcoming = ahead.submit(take)
                     for notice in taken.dropped:
                         sender.send(notice, stop)
-                        receiver.done(notice.stream, notice.epoch, notice.seq)
+                        receiver.done(notice)
                     dropped += len(taken.dropped)
                     for result in anonymizer.process_batch(taken.frames, prepared) if taken.frames else []:
                         if result is not None:
                             sender.send(result, stop)
                     for message in taken.frames:  # passed on, fully masked, or dropped and counted: a credit back
-                        receiver.done(message.header.stream, message.header.epoch, message.header.seq)
+                        receiver.done(message)
                     if taken.end is not None:
                         log.debug("forwarding the end of stream %s", taken.end.stream)
                         sender.send(taken.end, stop)
-                        receiver.done(taken.end.stream, taken.end.epoch, taken.end.frames)
+                        receiver.done(taken.end)
                     if taken.idle_at_ns:
                         # After everything taken before: the record stage may now count missing frames lost.
                         sender.send(Idle(self.number, taken.idle_at_ns), stop)
