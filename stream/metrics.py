@@ -366,7 +366,9 @@ def _by_class(found: Detections) -> dict[str, list[list[float]]]:
 
 
 class FrameLog(Closing):
-    """``--metrics-jsonl``: one JSON record per recorded frame, per dropped frame, and per run of lost frames.
+    """``--metrics-jsonl``: one JSON record per recorded frame, per frame a worker dropped, per run of frames
+    the capture dropped (they never had a seq: ``count`` of them before ``before_seq``), and per run of lost
+    frames; so recorded + dropped + lost accounts for every frame read.
 
     To stay on for days: ``every`` keeps one frame record in that many per stream (drops and losses are rare
     and always written), and past ``max_mb`` the file becomes FILE.1 and a new one begins, so the two never
@@ -378,6 +380,7 @@ class FrameLog(Closing):
         self._file: IO[str] | None = self._open() if path else None
         self._written = 0
         self._flushed = 0.0
+        self._capture_dropped: dict[str, tuple[int, int]] = {}  # stream -> its session (epoch), drops written
 
     def _open(self) -> IO[str]:
         assert self._path is not None
@@ -403,7 +406,10 @@ class FrameLog(Closing):
             self._flushed = now
 
     def frame(self, header: FrameHeader, tracked: Detections) -> None:
-        if self._file is None or header.seq % self._every:
+        if self._file is None:
+            return
+        self._capture_drops(header.stream, header.epoch, header.dropped, header.seq)
+        if header.seq % self._every:
             return
         record = {
             "stream": header.stream,
@@ -429,6 +435,28 @@ class FrameLog(Closing):
     def dropped(self, drop: Dropped) -> None:
         if self._file is not None:
             self._write({"stream": drop.stream, "epoch": drop.epoch, "seq": drop.seq, "dropped_by": drop.by})
+
+    def ended(self, end: EndOfStream) -> None:
+        """The capture's drops after the last frame recorded (the end of stream carries its final count)."""
+        if self._file is not None:
+            self._capture_drops(end.stream, end.epoch, end.dropped, end.frames)
+
+    def _capture_drops(self, stream: str, epoch: int, total: int, before_seq: int) -> None:
+        """A frame or an end of stream carries its session's drops so far: a record for those not yet written."""
+        session, written = self._capture_dropped.get(stream, (epoch, 0))
+        if session != epoch:  # a new session (the capture restarted) counts from 0 again
+            written = 0
+        if total > written:
+            self._write(
+                {
+                    "stream": stream,
+                    "epoch": epoch,
+                    "before_seq": before_seq,
+                    "dropped_by": "capture",
+                    "count": total - written,
+                }
+            )
+        self._capture_dropped[stream] = (epoch, max(total, written))
 
     def close(self) -> None:
         if self._file is not None:

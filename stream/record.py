@@ -116,6 +116,8 @@ class RecordStage:
                     log.warning("%s: %d frame(s) lost from seq %d", event.stream, event.count, event.first_seq)
                 elif isinstance(event, Ended):
                     ended.add(event.stream)
+                    if event.end is not None:
+                        frame_log.ended(event.end)
                     stats(event.stream).ended(event.end, event.frames)
                     hold.trackers.pop(event.stream, None)
                     if event.stream in recorders:

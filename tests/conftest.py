@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import av
 import numpy as np
@@ -41,6 +45,78 @@ def decode_video(path: Path) -> tuple[list[np.ndarray], float]:
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="bgr24") for f in container.decode(stream)]
         return frames, float(stream.average_rate or 0)
+
+
+class ErrorOutput:
+    """A running process's output, read as it comes (both pipes, so neither fills), so that a test waits for a
+    line on its error output, never for a time."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self._process = process
+        self._out, self._err = list[str](), list[str]()
+        self._readers = [
+            threading.Thread(target=self._read, args=(pipe, lines), daemon=True)
+            for pipe, lines in ((process.stdout, self._out), (process.stderr, self._err))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(pipe: IO[str] | None, lines: list[str]) -> None:
+        for line in pipe or ():
+            lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self._err)
+
+    def wait_for(self, needle: str, timeout: float = 90) -> None:
+        wait_for(lambda: needle in self.text or self._process.poll() is not None, f"{needle!r} on stderr", timeout)
+        assert needle in self.text, self.text[-3000:]
+
+    def communicate(self, timeout: float) -> tuple[str, str]:
+        """All of its standard and error output, once it has exited."""
+        self._process.wait(timeout)
+        for reader in self._readers:
+            reader.join()
+        return "".join(self._out), self.text
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 90) -> None:
+    """Poll ``condition`` until it holds; fail saying ``what`` did not happen within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def playable_frames(path: Path) -> int:
+    """Frames of a video being written that decode already (0 while it has none, or is mid-write)."""
+    with contextlib.suppress(av.FFmpegError, OSError, IndexError):
+        return len(decode_video(path)[0])
+    return 0
+
+
+def frame_log(jsonl: Path) -> list[dict[str, Any]]:
+    """The complete records of a --metrics-jsonl file so far (a line being written is left out)."""
+    if not jsonl.exists():
+        return []
+    return [
+        json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines(keepends=True) if line[-1] == "\n"
+    ]
+
+
+def accounted(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Frames recorded, dropped (by each stage) and lost, from a frame log: together, every frame read."""
+    counts = {"recorded": 0, "dropped by capture": 0, "dropped by worker": 0, "lost": 0}
+    for record in records:
+        if "stamps_ns" in record:
+            counts["recorded"] += 1
+        elif "dropped_by" in record:
+            counts[f"dropped by {record['dropped_by']}"] += record.get("count", 1)
+        elif "lost" in record:
+            counts["lost"] += record["lost"]
+    return counts
 
 
 def free_port() -> int:

@@ -6,11 +6,11 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import decode_video, free_port, run_cli, start_cli
+from tests.conftest import decode_video, frame_log, free_port, run_cli, start_cli, wait_for
 
 SERVER = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # GStreamer's Python bindings come from Debian, not from pip
@@ -52,13 +52,6 @@ def _recorded(jsonl: Path) -> int:
     return jsonl.read_text().count('"stamps_ns"') if jsonl.exists() else 0
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_rtsp_stream_comes_back_after_a_late_start_a_drop_and_a_stall(tmp_path: Path) -> None:
     port = free_port()
     out, jsonl, summary = tmp_path / "out", tmp_path / "frames.jsonl", tmp_path / "summary.json"
@@ -69,14 +62,14 @@ def test_rtsp_stream_comes_back_after_a_late_start_a_drop_and_a_stall(tmp_path: 
     with anonstream_run(args) as run:
         time.sleep(2)  # anonstream is up before the camera: it keeps trying
         with rtsp_server(port):
-            _wait_for(lambda: _recorded(jsonl) >= 30, "the first frames")
+            wait_for(lambda: _recorded(jsonl) >= 30, "the first frames")
         time.sleep(3)  # the server is gone: connection refused, retried with backoff
         with rtsp_server(port) as server:
-            _wait_for(lambda: _recorded(jsonl) >= 60, "frames after the server came back")
+            wait_for(lambda: _recorded(jsonl) >= 60, "frames after the server came back")
             server.send_signal(signal.SIGSTOP)  # a stall: the connection stays open, no frame comes
             time.sleep(4)
             server.send_signal(signal.SIGCONT)
-            _wait_for(lambda: _recorded(jsonl) >= 90, "frames after the stall")
+            wait_for(lambda: _recorded(jsonl) >= 90, "frames after the stall")
         stderr = _interrupt(run)
     assert run.returncode == 0, stderr
     assert "reconnecting" in stderr and "back after" in stderr, stderr
@@ -91,7 +84,7 @@ def test_rtsp_stream_comes_back_after_a_late_start_a_drop_and_a_stall(tmp_path: 
     for segment in segments:
         frames, _ = decode_video(segment)
         assert len(frames) >= 10, segment
-    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    records = [r for r in frame_log(jsonl) if "seq" in r]  # frames recorded or dropped by a worker: a seq each
     assert [r["seq"] for r in records] == list(range(len(records)))  # in order, none missing
 
 
@@ -112,7 +105,7 @@ def test_rtsp_over_udp(tmp_path: Path) -> None:
     args = ["--source", f"rtsp://127.0.0.1:{port}/cam", "--record", str(out), "--workers", "1"]
     args += ["--metrics-jsonl", str(jsonl), "--set", "capture.rtsp_transport=udp"]
     with rtsp_server(port), anonstream_run(args) as run:
-        _wait_for(lambda: _recorded(jsonl) >= 30, "frames over UDP")
+        wait_for(lambda: _recorded(jsonl) >= 30, "frames over UDP")
         stderr = _interrupt(run)
     assert run.returncode == 0, stderr
     frames, _ = decode_video(out / f"127.0.0.1-{port}-cam.mp4")
@@ -126,11 +119,11 @@ def test_a_capture_killed_mid_stream_is_restarted_into_a_new_session_and_file(tm
     args = ["--source", source, "--record", str(out), "--workers", "1"]
     args += ["--metrics-jsonl", str(jsonl), "--summary-json", str(summary)]
     with rtsp_server(port), anonstream_run(args) as run:
-        _wait_for(lambda: _recorded(jsonl) >= 30, "the first frames")
+        wait_for(lambda: _recorded(jsonl) >= 30, "the first frames")
         killed = subprocess.run(["pkill", "-KILL", "-f", "anonstream: capture 127.0.0.1"], capture_output=True)
         assert killed.returncode == 0, "no capture process to kill"
         before = _recorded(jsonl)
-        _wait_for(lambda: _recorded(jsonl) >= before + 30, "frames from the restarted capture")
+        wait_for(lambda: _recorded(jsonl) >= before + 30, "frames from the restarted capture")
         stderr = _interrupt(run)
     assert run.returncode == 0, stderr
     assert "died (exit status -9); restarting it: a new session" in stderr, stderr
@@ -143,7 +136,7 @@ def test_a_capture_killed_mid_stream_is_restarted_into_a_new_session_and_file(tm
     for epoch in sessions:  # each session's frames in order from 0, none twice, none missing but the dropped
         seqs = sorted(
             [r["seq"] for r in records if r["epoch"] == epoch]
-            + [r["seq"] for r in lines if "dropped_by" in r and r["epoch"] == epoch]
+            + [r["seq"] for r in lines if r.get("dropped_by") == "worker" and r["epoch"] == epoch]
         )
         assert seqs == list(range(len(seqs))), seqs[:5]
     stream = json.loads(summary.read_text())["streams"][0]
@@ -163,7 +156,7 @@ def test_a_camera_password_appears_nowhere_a_run_writes_or_shows(tmp_path: Path)
     args += ["--set", "capture.open_timeout_s=2", "--set", "capture.reconnect_min_s=0.2"]
     seen: list[str] = []
     with anonstream_run(args) as run, rtsp_server(port):
-        _wait_for(lambda: _recorded(jsonl) >= 20, "frames")
+        wait_for(lambda: _recorded(jsonl) >= 20, "frames")
         seen.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
         for page in ("metrics", "api/status", "healthz"):
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/{page}", timeout=5) as answer:
