@@ -621,7 +621,13 @@ def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool)
     with _monitor_server(monitor, settings) as server:
         listener.start()
         pipeline = Pipeline(settings, log_queue, level, monitor)
-        _on_stop_signals(pipeline.request_stop)
+        stop_requested = threading.Event()  # Ctrl-C or SIGTERM at any point: no lingering after it
+
+        def request_stop() -> None:
+            stop_requested.set()
+            pipeline.request_stop()
+
+        _on_stop_signals(request_stop)
         ids = stream_ids(settings.sources)
         try:
             with _progress(console, disable=not display) as bar:
@@ -641,11 +647,10 @@ def _run_pipeline(settings: Settings, console: Console, level: int, quiet: bool)
             listener.stop()
         monitor.finished(result.summary)
         code = _report(settings, result, console, all_lossless)
-        if server is not None and settings.metrics.linger_s > 0:
+        # Linger is for a run whose sources ended by themselves: a stop request (Ctrl-C, `systemctl stop`) means now.
+        if server is not None and settings.metrics.linger_s > 0 and not stop_requested.is_set():
             log.info("serving the final figures for %g s more (Ctrl-C to stop now)", settings.metrics.linger_s)
-            done = threading.Event()
-            _on_stop_signals(done.set)
-            done.wait(settings.metrics.linger_s)
+            stop_requested.wait(settings.metrics.linger_s)
     return code
 
 

@@ -157,8 +157,12 @@ class CaptureStage:
                 reason = "stopped"
             # A file's last frames may keep the workers busy for long: it waits until they are all done, while any
             # worker lives (under `run`, where dead workers are restarted, always). A live stream waits linger_s.
+            # Stopped on request, it waits for no worker that is gone: nobody restarts one now (systemctl stop
+            # signals every process of the service at once).
             until = _deadline(linger_ms) if live else stop
             alone_s = math.inf if self.ledger is not None else cfg.capture.linger_s
+            if stop.is_set():
+                alone_s = 0.0
             if waiting is not None and not emit(*waiting, until, block=True):
                 dropped += 1
             end = EndOfStream(self.stream_id, seq, dropped, source.skipped, reason, epoch)

@@ -181,6 +181,44 @@ def test_a_realtime_run_is_scraped_watched_in_a_browser_and_its_figures_match_th
         assert _value(final, "anonstream_masks_total", stream="astronaut", **{"class": label}) == count
 
 
+@pytest.mark.parametrize(
+    ("moment", "sig"),
+    [
+        ("starting", signal.SIGTERM),
+        ("running", signal.SIGTERM),
+        ("running", signal.SIGINT),
+        ("lingering", signal.SIGINT),
+    ],
+)
+def test_a_stop_request_ends_a_run_with_a_linger_promptly(tmp_path: Path, moment: str, sig: int) -> None:
+    """metrics.linger_s keeps the final figures up after the sources end by themselves; a stop request
+    (systemctl stop, Ctrl-C) at any moment means now: the process ends within seconds, cleanly."""
+    frames = 30 if moment == "lingering" else 900  # 1 s of video, or 30 s that no stop request waits out
+    source = AstronautClip(width=320, height=180, frames=frames, fps=30).write(tmp_path / "cam.mp4")
+    port, summary = free_port(), tmp_path / "summary.json"
+    base = f"http://127.0.0.1:{port}/"
+    args = ["run", str(source), "--record", str(tmp_path / "out"), "--realtime", "--detect", "faces"]
+    args += ["--metrics-port", str(port), "--set", "metrics.linger_s=600", "--summary-json", str(summary)]
+    run = start_cli(*args)
+    try:
+        if moment == "starting":
+            wait_for(lambda: _get(base + "healthz")[0] != 0, "the monitor up")
+        elif moment == "running":
+            wait_for(lambda: _get(base + "healthz")[0] == 200, "a healthy pipeline")
+            wait_for(lambda: _value(_scrape(base), "anonstream_frames_out_total", stream="cam") > 0, "frames")
+        else:
+            wait_for(summary.exists, "the end of the sources")
+        run.send_signal(sig)
+        _, stderr = run.communicate(timeout=30)  # not the 600 s linger
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode in ((0, 130) if moment == "starting" else (0,)), stderr
+    assert ("serving the final figures" in stderr) == (moment == "lingering"), stderr
+    assert "Traceback" not in stderr and "leaked" not in stderr, stderr
+
+
 def clip_photo() -> np.ndarray:
     from anonstream.demo import astronaut_bgr
 

@@ -240,7 +240,7 @@ def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, si
         os.killpg(process.pid, sig)
     else:
         process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=20)  # a stop request ends it in seconds (not capture.linger_s: 30)
     assert process.returncode == 0, stderr
     assert "exited with status" not in stderr, stderr
     frames, _ = decode_video(out / "long.mp4")
