@@ -9,6 +9,11 @@ pipeline's worker processes, without a frame crossing a socket and back. A
 request borrows one for its image; a video job holds one for its length.
 Requests beyond the pool and ``serve.queue`` get 503 with Retry-After.
 
+A client costs its own request only: a body that is aborted (counted, no
+traceback) or has not arrived within ``serve.upload_timeout_s`` (408) releases
+its admission slot and its upload on the way out, and SIGTERM ends the service
+within ``STOP_GRACE_S`` plus the frame a video job is on, whatever is in flight.
+
 Privacy: uploads live in one private temporary folder (0700), each removed
 when its request or job ends; a result is removed once downloaded or after
 ``serve.retention_s``. No pixels reach a log line or an error body.
@@ -31,7 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +52,13 @@ from PIL import Image, UnidentifiedImageError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from anonstream import __version__
 from anonstream.api import AnonymizationError, Anonymized, Anonymizer
-from anonstream.config import MaskMode, Settings
+from anonstream.config import MaskMode, ServeConfig, Settings
 from anonstream.errors import AnonstreamError, ConfigError
 from anonstream.stream.metrics import LATENCY_BUCKETS_S
 
@@ -69,14 +77,20 @@ ROUTES = frozenset({"/v1/anonymize", "/v1/videos", "/healthz", "/metrics", "/doc
 VIDEO_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska", ".m4v": "video/x-m4v"}
 REAP_EVERY_S = 10.0
 CHUNK = 1 << 20
+STOP_GRACE_S = 3  # on SIGTERM, requests in flight get this long to finish before they are cancelled
+CLIENT_GONE = 499  # the status an aborted request is counted under (nginx's "client closed request"); never sent
 
 
 class BadRequest(AnonstreamError):
     """What was wrong with a request, and its HTTP status."""
 
-    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None, close: bool = False) -> None:
         super().__init__(message)
-        self.status, self.retry_after = status, retry_after
+        self.status, self.retry_after, self.close = status, retry_after, close
+
+
+class Stopping(AnonstreamError):
+    """The service is stopping: a video job in work ends at its current frame."""
 
 
 class Pool:
@@ -271,7 +285,7 @@ class Service:
         self._reaper.start()
 
     def close(self) -> None:
-        self._stop.set()
+        self._stop.set()  # a running job stops at its next frame (``_run``)
         self._runner.shutdown(wait=True, cancel_futures=True)
         self.pool.close()
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -320,6 +334,8 @@ class Service:
                 job.state = "running"
 
                 def progress(done: int, total: int | None) -> None:
+                    if self._stop.is_set():
+                        raise Stopping("the service stopped before the job was done")
                     job.frames, job.total = done, total or job.total
 
                 result = anonymizer.anonymize_file(job.source, job.output, progress=progress)
@@ -391,8 +407,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(BadRequest)
     async def _bad(_: Request, exc: BadRequest) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+        if exc.close:  # the rest of the body is not read: the connection cannot carry another request
+            headers["Connection"] = "close"
         return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> Response:
+        """The client closed its connection mid-upload: nobody to answer, nothing wrong here; counted."""
+        log.debug("%s %s: the client went away before its body arrived", request.method, request.url.path)
+        return Response(status_code=CLIENT_GONE)
 
     @app.exception_handler(AnonstreamError)
     async def _failed(_: Request, exc: AnonstreamError) -> JSONResponse:
@@ -404,25 +428,7 @@ def create_app(settings: Settings) -> FastAPI:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"error": problems}, status_code=400)
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        """The token, the headers every answer carries, and the figures: one place for every route."""
-        started = time.perf_counter()
-        svc = holder.get("service")
-        path = request.url.path
-        token = svc.token if svc is not None else None
-        response: Response
-        if token is not None and path.startswith("/v1/") and not _authorized(request, token):
-            response = JSONResponse({"error": "missing or wrong API token (Authorization: Bearer ...)"}, 401)
-        else:
-            response = await call_next(request)
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        if svc is not None:
-            route = _route(path)
-            svc.metrics.requests.labels(route, str(response.status_code)).inc()
-            svc.metrics.seconds.labels(route).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(_Guard, service=lambda: holder.get("service"))
 
     @app.post(
         "/v1/anonymize",
@@ -442,7 +448,7 @@ def create_app(settings: Settings) -> FastAPI:
         svc = service()
         _known_options(request, IMAGE_OPTIONS)
         with svc.admission.enter("images"):
-            data = await _body(request, svc.settings.serve.max_image_mb, "serve.max_image_mb")
+            data = await _body(request, svc.settings.serve)
             options = {k: v for k, v in (("mask", mask), ("detect", detect)) if v is not None}
             try:
                 encoded, media, result = await asyncio.wait_for(
@@ -475,7 +481,7 @@ def create_app(settings: Settings) -> FastAPI:
         suffix = next((suffix for suffix, kind in VIDEO_TYPES.items() if kind == media), ".mp4")
         job = svc.new_job(suffix)
         try:
-            await _save(request, job.source, svc.settings.serve.max_video_mb)
+            await _save(request, job.source, svc.settings.serve)
             await run_in_threadpool(svc.start, job)
         except BaseException:
             shutil.rmtree(job.folder, ignore_errors=True)
@@ -519,8 +525,53 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _authorized(request: Request, token: str) -> bool:
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+class _Guard:
+    """The token, the headers every answer carries, and the figures: one place for every route.
+
+    Plain ASGI, not Starlette's BaseHTTPMiddleware: that one runs the route in
+    a task of its own behind a stream, which hides a client's disconnect from
+    the route reading its body.
+    """
+
+    def __init__(self, app: ASGIApp, service: Callable[[], Service | None]) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        svc = self.service()
+        status = 500  # what it counts as if no answer starts (a route cancelled on shutdown)
+
+        async def answer(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["Cache-Control"] = "no-store"
+                headers["X-Content-Type-Options"] = "nosniff"
+            await send(message)
+
+        try:
+            token = svc.token if svc is not None else None
+            if token is not None and scope["path"].startswith("/v1/") and not _authorized(Headers(scope=scope), token):
+                refused = JSONResponse({"error": "missing or wrong API token (Authorization: Bearer ...)"}, 401)
+                await refused(scope, receive, answer)
+                return
+            await self.app(scope, receive, answer)
+        except asyncio.CancelledError:  # uvicorn cancels what is left once STOP_GRACE_S of a stop has passed
+            log.warning("%s %s: cancelled, the service is stopping", scope["method"], scope["path"])
+            status = 503
+        finally:
+            if svc is not None:
+                route = _route(scope["path"])
+                svc.metrics.requests.labels(route, str(status)).inc()
+                svc.metrics.seconds.labels(route).observe(time.perf_counter() - started)
+
+
+def _authorized(headers: Headers, token: str) -> bool:
+    given = headers.get("authorization", "").removeprefix("Bearer ").strip()
     return hmac.compare_digest(given.encode(), token.encode())
 
 
@@ -545,30 +596,42 @@ def _job(service: Service, job_id: str) -> Job:
     return job
 
 
-async def _chunks(request: Request, limit_mb: float, key: str) -> AsyncIterator[bytes]:
-    """The request's body as it arrives, read no further than the limit (``key`` names it)."""
+async def _chunks(request: Request, limit_mb: float, key: str, timeout_s: float) -> AsyncIterator[bytes]:
+    """The request's body as it arrives, read no further than the limit (``key`` names it), nor for longer than
+    ``timeout_s`` in all: a client that stalls or trickles gets 408 instead of holding its place."""
     limit = int(limit_mb * 1e6)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"the upload is {int(declared)} bytes, more than {key} ({limit_mb:g} MB)")
+        raise BadRequest(413, f"the upload is {int(declared)} bytes, more than {key} ({limit_mb:g} MB)", close=True)
     size = 0
-    async for chunk in request.stream():
+    body = aiter(request.stream())
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                chunk = await anext(body)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            late = f"the body did not arrive within serve.upload_timeout_s ({timeout_s:g} s): {size} bytes came"
+            raise BadRequest(408, late, close=True) from None
         size += len(chunk)
         if size > limit:
-            raise BadRequest(413, f"the upload is more than {key} ({limit_mb:g} MB)")
+            raise BadRequest(413, f"the upload is more than {key} ({limit_mb:g} MB)", close=True)
         yield chunk
 
 
-async def _body(request: Request, limit_mb: float, key: str) -> bytes:
+async def _body(request: Request, settings: ServeConfig) -> bytes:
     """An image upload, in memory (it is never written to disk)."""
-    return b"".join([chunk async for chunk in _chunks(request, limit_mb, key)])
+    chunks = _chunks(request, settings.max_image_mb, "serve.max_image_mb", settings.upload_timeout_s)
+    return b"".join([chunk async for chunk in chunks])
 
 
-async def _save(request: Request, path: Path, limit_mb: float) -> None:
+async def _save(request: Request, path: Path, settings: ServeConfig) -> None:
     """A video upload, streamed to the private folder, no further than serve.max_video_mb."""
     size = 0
     with path.open("wb") as out:
-        async for chunk in _chunks(request, limit_mb, "serve.max_video_mb"):
+        async for chunk in _chunks(request, settings.max_video_mb, "serve.max_video_mb", settings.upload_timeout_s):
             size += len(chunk)
             out.write(chunk)
     if not size:
@@ -589,7 +652,9 @@ def serve(settings: Settings) -> int:
     except OSError as exc:
         reason = exc.strerror or exc
         raise ConfigError(f"serve.port: cannot listen on {host}:{port} ({reason}); choose another --port") from None
-    config = uvicorn.Config(create_app(settings), log_config=None, access_log=False)
+    config = uvicorn.Config(
+        create_app(settings), log_config=None, access_log=False, timeout_graceful_shutdown=STOP_GRACE_S
+    )
     server = uvicorn.Server(config)
     # uvicorn shuts down cleanly, then passes on the Ctrl-C or SIGTERM that stopped it: a clean stop
     with contextlib.suppress(KeyboardInterrupt):

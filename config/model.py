@@ -376,6 +376,7 @@ class ServeConfig(_Section):
     max_image_mb: float = Field(default=32.0, gt=0)
     max_pixels: int = Field(default=50_000_000, ge=1)
     timeout_s: float = Field(default=60.0, gt=0)
+    upload_timeout_s: float = Field(default=120.0, gt=0)
     max_video_mb: float = Field(default=2048.0, gt=0)
     max_jobs: int = Field(default=4, ge=1)
     retention_s: float = Field(default=3600.0, gt=0)

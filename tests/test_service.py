@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
+import socket
 import struct
 import subprocess
 import time
@@ -20,9 +22,10 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from anonstream.demo import ASTRONAUT_FACE, AstronautClip, astronaut_bgr
-from tests.conftest import decode_video, free_port, start_cli
+from tests.conftest import decode_video, free_port, start_cli, wait_for
 from tests.test_files import clip_with_audio
 from tests.test_pipeline import assert_face_masked
 
@@ -31,9 +34,20 @@ from tests.test_pipeline import assert_face_masked
 class Server:
     base: str
     tmp: Path  # the service's TMPDIR: its private folder is made in there
+    process: subprocess.Popen[str]
+    stderr: str = ""  # what it wrote, once it has stopped
+
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
 
     def files_left(self) -> list[Path]:
         return _files(self.tmp)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> None:
+        """Signal it and wait for it to end: its exit status and error output are then there to check."""
+        self.process.send_signal(sig)
+        self.stderr = self.process.communicate(timeout=timeout)[1]
 
 
 def _files(folder: Path) -> list[Path]:
@@ -48,24 +62,25 @@ def serving(tmp: Path, *args: str) -> Iterator[Server]:
     env = os.environ | {"TMPDIR": str(tmp)}
     process = start_cli("serve", "--port", str(port), "--workers", "2", *args, env=env)
     base = f"http://127.0.0.1:{port}"
+    server = Server(base, tmp, process)
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert process.poll() is None, process.communicate()[1]
+            assert process.poll() is None, server.process.communicate()[1]
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
                     break
             assert time.monotonic() < deadline, "the service did not start"
             time.sleep(0.3)
-        yield Server(base, tmp)
+        yield server
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            _, stderr = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            _, stderr = process.communicate()
-    assert process.returncode == 0, stderr
+        if process.poll() is None:
+            try:
+                server.stop()
+            except subprocess.TimeoutExpired:
+                process.kill()
+                server.stderr = process.communicate()[1]
+    assert process.returncode == 0, server.stderr
     assert not list(tmp.glob("anonstream-serve-*")) and not _files(tmp), "the private folder outlived the service"
 
 
@@ -185,8 +200,7 @@ def test_a_video_job_runs_to_a_file_with_its_audio_fetched_once(server: Server, 
     with av.open(str(out)) as container:
         assert [s.codec_context.name for s in container.streams.audio] == ["aac"]
     assert httpx.get(f"{server.base}{job['download']}").status_code == 404  # deleted after the download
-    time.sleep(0.5)
-    assert server.files_left() == []
+    wait_for(lambda: server.files_left() == [], "the job's folder removed once its file was sent")
 
 
 @pytest.mark.parametrize(
@@ -264,3 +278,86 @@ def test_a_token_is_required_where_one_is_set_and_the_openapi_description_is_ser
         assert httpx.get(f"{guarded.base}/healthz").status_code == 200  # probes need no token
         paths = httpx.get(f"{guarded.base}/openapi.json").json()["paths"]
         assert {"/v1/anonymize", "/v1/videos", "/v1/videos/{job_id}", "/v1/videos/{job_id}/file"} <= set(paths)
+
+
+def _upload(port: int, path: str, kind: str, length: int, first: bytes) -> socket.socket:
+    """A POST whose headers announce ``length`` bytes of body, of which only ``first`` is sent (so far)."""
+    connection = socket.create_connection(("127.0.0.1", port))
+    head = f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\n\r\n"
+    connection.sendall(head.encode() + first)
+    return connection
+
+
+def _trickle(port: int, path: str, kind: str, body: bytes, seconds: float) -> str:
+    """An upload that sends a byte every 0.1 s for ``seconds``, then stalls: the whole answer it gets.
+
+    (It stops sending well before the server's limit: bytes arriving after the server has answered and
+    closed would make it reset the connection, and the answer could be lost on the way.)
+    """
+    with _upload(port, path, kind, len(body), body[:100]) as connection:
+        for byte in body[100 : 100 + round(seconds * 10)]:
+            if select.select([connection], [], [], 0.1)[0]:
+                break
+            connection.sendall(bytes([byte]))
+        connection.settimeout(60)
+        answer = b""
+        while chunk := connection.recv(4096):  # the server closes the connection after its answer
+            answer += chunk
+        return answer.decode(errors="replace")
+
+
+def _status_count(server: Server, status: str) -> float:
+    """Requests answered with ``status``, all routes together, from /metrics."""
+    text = httpx.get(f"{server.base}/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "anonstream_http_requests_total" and sample.labels["status"] == status
+    )
+
+
+def test_aborted_and_trickling_uploads_cost_only_themselves(tmp_path: Path) -> None:
+    """32 uploads cut off mid-body and 8 that trickle: each releases what it held; then the service answers as ever.
+
+    Its error output is a pipe that nobody reads while it runs, as a service's often is: a traceback per aborted
+    upload used to fill it, and the next log line then blocked the service for good.
+    """
+    photo = jpeg(astronaut_bgr())
+    video = AstronautClip(width=320, height=240, frames=30).write(tmp_path / "clip.mp4").read_bytes()
+    uploads = [("/v1/anonymize", "image/jpeg", photo), ("/v1/videos", "video/mp4", video)]
+    with serving(tmp_path / "tmp", "--set", "serve.upload_timeout_s=3") as server:
+        for _ in range(16):
+            for path, kind, body in uploads:
+                _upload(server.port, path, kind, len(body), body[:1000]).close()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda n: _trickle(server.port, *uploads[n % 2], seconds=1), range(8)))
+        for answer in answers:
+            assert answer.startswith("HTTP/1.1 408"), answer
+            assert "connection: close" in answer.lower() and "serve.upload_timeout_s" in answer
+        wait_for(lambda: _status_count(server, "499") == 32, "every aborted upload counted")
+        assert _status_count(server, "408") == 8
+        assert httpx.get(f"{server.base}/healthz").json()["requests_inside"] == 0  # every admission slot is back
+        for _ in range(4):
+            assert post_image(server, photo).status_code == 200
+        assert server.files_left() == []  # no upload left behind
+    assert "Traceback" not in server.stderr and "Exception in ASGI" not in server.stderr, server.stderr[-3000:]
+
+
+def test_sigterm_ends_the_service_within_seconds_whatever_is_in_flight(tmp_path: Path) -> None:
+    """A video job running, an upload stalled mid-body, an image in work: SIGTERM (systemctl stop) ends it all."""
+    long_video = AstronautClip(width=640, height=360, frames=900).write(tmp_path / "long.mp4").read_bytes()
+    photo = jpeg(cv2.resize(astronaut_bgr(), (1600, 1600)))
+    with serving(tmp_path / "tmp") as server, ThreadPoolExecutor(2) as pool:
+        job = httpx.post(
+            f"{server.base}/v1/videos", content=long_video, headers={"Content-Type": "video/mp4"}, timeout=60
+        ).json()
+        wait_for(lambda: httpx.get(f"{server.base}/v1/videos/{job['id']}").json()["frames"] > 0, "the job under way")
+        stalled = _upload(server.port, "/v1/anonymize", "image/jpeg", len(photo), photo[:1000])
+        in_work = pool.submit(post_image, server, photo)
+        wait_for(lambda: httpx.get(f"{server.base}/healthz").json()["requests_inside"] == 2, "both requests inside")
+        server.stop(signal.SIGTERM, timeout=30)  # not the minutes the video would take, nor forever for the upload
+        stalled.close()
+        with contextlib.suppress(httpx.HTTPError):
+            in_work.result()
+    assert "Traceback" not in server.stderr, server.stderr[-3000:]
