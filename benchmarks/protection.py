@@ -152,10 +152,10 @@ def prepare(dataset: Path, names: list[str], work: Path) -> dict[str, Path]:
 
 
 def run_anonstream(
-    inputs: dict[str, Path], work: Path, extra: list[str], sequence: bool
+    inputs: dict[str, Path], work: Path, extra: list[str], sequence: bool, mask: str = "solid"
 ) -> tuple[Measured, list[str], dict[str, Path]]:
-    out = work / "anonstream"
-    argv = [*ANONSTREAM, "run", "--source", str(work / "input"), "--record", str(out), "--mask", "solid", "-q"]
+    out = work / f"anonstream-{mask}"
+    argv = [*ANONSTREAM, "run", "--source", str(work / "input"), "--record", str(out), "--mask", mask, "-q"]
     if sequence:  # the per-frame boxes, for the tracker's measures
         argv += ["--metrics-jsonl", str(work / "frames.jsonl")]
     else:
@@ -169,16 +169,19 @@ def run_anonstream(
     return measured, argv, outputs
 
 
-def run_deface(inputs: dict[str, Path], work: Path) -> tuple[Measured, list[str], dict[str, Path]]:
+def run_deface(
+    inputs: dict[str, Path], work: Path, mask: tuple[str, ...] = ("--replacewith", "solid", "--boxes"), name: str = ""
+) -> tuple[Measured, list[str], dict[str, Path]]:
+    """deface on every image, masking as ``mask`` says (none: its own default, an elliptic blur)."""
     # deface writes <input>_anonymized.<ext> beside each input: give it links in a folder of its own
-    links = work / "deface"
+    links = work / f"deface{name}"
     links.mkdir()
     outputs: dict[str, Path] = {}
     for i, (name, path) in enumerate(inputs.items()):
         link = links / f"{i:06d}.png"
         link.symlink_to(path.resolve())
         outputs[name] = links / f"{i:06d}_anonymized.png"
-    argv = ["deface", "--ep", "CPUExecutionProvider", "--replacewith", "solid", "--boxes"]
+    argv = ["deface", "--ep", "CPUExecutionProvider", *mask]
     shown = [*argv, "<images>"]
     measured = measure([*argv, *(str(links / f"{i:06d}.png") for i in range(len(inputs)))], "deface")
     return measured, shown, outputs

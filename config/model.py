@@ -234,14 +234,22 @@ class TrackerStyle(_Section):
 
 
 MaskMode = Literal["blur", "pixelate", "solid"]
+# Samples a mask keeps across a region where ``blocks`` is not set: few enough that no face detector finds the
+# face again (benchmarks/mask_strength.py; at 8, as before, YuNet found half of wider_dev's blurred faces again).
+MODE_BLOCKS: dict[str, int] = {"blur": 2, "pixelate": 3, "solid": 1}
 
 
 class MaskStyle(_Section):
     mode: MaskMode = "blur"
     shape: Literal["box", "ellipse"] = "box"
-    blocks: int = Field(default=8, ge=2, le=64)
+    blocks: int | None = Field(default=None, ge=2, le=64)
     color: tuple[int, int, int] = (0, 0, 0)
     min_aspect: float = Field(default=0.0, ge=0, le=4)
+
+    @property
+    def samples(self) -> int:
+        """Samples kept across a region: ``blocks``, or what the mode needs to hide a face from detectors."""
+        return self.blocks or MODE_BLOCKS[self.mode]
 
     @field_validator("color")
     @classmethod

@@ -1,9 +1,10 @@
 """Masking strategies behind one small interface, chosen per class.
 
 A masker replaces each region in place. Blur keeps no more detail than
-``blocks`` samples across a region before smoothing, so no deblurring can
-bring a face or a plate back; pixelate shows those samples as blocks; solid
-fills. ``Masking`` picks each class's masker (``mask.by_class``, else the
+a few samples across a region before smoothing (``MaskStyle.samples``: 2 by
+default), so no deblurring can bring a face or a plate back, and no face
+detector finds a masked face again; pixelate shows those samples as blocks
+(3 by default); solid fills. ``Masking`` picks each class's masker (``mask.by_class``, else the
 section's own style). ``mask_whole_frame`` is the fail-closed fallback when
 detection fails. Boxes arrive as the detectors found them; ``Masking``
 grows each class's by its scale (``Settings.mask_scales``), and widens it to
@@ -42,8 +43,13 @@ class Masker(ABC):
         """The replacement for one region, same shape and dtype."""
 
     def apply(self, image: np.ndarray, boxes: np.ndarray) -> None:
-        """Mask each of ``boxes``, integer x1, y1, x2, y2 already clipped to the image (``Detections.pixel_boxes``)."""
-        for x1, y1, x2, y2 in boxes.tolist():
+        """Mask each of ``boxes``, integer x1, y1, x2, y2 already clipped to the image (``Detections.pixel_boxes``).
+
+        Smallest first: a box inside a larger one (a second find on the same face) is then masked over
+        whole, instead of leaving its own edges on the larger mask, edges a detector could take for features.
+        """
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        for x1, y1, x2, y2 in boxes[np.argsort(areas, kind="stable")].tolist():
             region = image[y1:y2, x1:x2]
             replacement = self.fill(region)
             if self.style.shape == "box":
@@ -58,15 +64,16 @@ class Masker(ABC):
 class BlurMasker(Masker):
     def fill(self, region: np.ndarray) -> np.ndarray:
         height, width = region.shape[:2]
-        coarse = cv2.resize(_downsampled(region, self.style.blocks), (width, height), interpolation=cv2.INTER_LINEAR)
-        kernel = max(3, (max(height, width) // self.style.blocks) | 1)
+        samples = self.style.samples
+        coarse = cv2.resize(_downsampled(region, samples), (width, height), interpolation=cv2.INTER_LINEAR)
+        kernel = max(3, (max(height, width) // samples) | 1)
         return cv2.blur(coarse, (kernel, kernel)).reshape(region.shape)
 
 
 class PixelateMasker(Masker):
     def fill(self, region: np.ndarray) -> np.ndarray:
         height, width = region.shape[:2]
-        small = _downsampled(region, self.style.blocks)
+        small = _downsampled(region, self.style.samples)
         return cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST).reshape(region.shape)
 
 
