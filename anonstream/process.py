@@ -88,6 +88,8 @@ class Channel:
 
     def send(self, event: StageEvent) -> None:
         self.events.append(event)
+        if self._conn is None and isinstance(event, Ready):  # a role on its own: its log says it is up
+            log.info("%s ready: %s", self.title, event.detail)
         self._send(event)
 
     def _send(self, event: StageEvent | LiveEvent) -> bool:

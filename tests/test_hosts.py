@@ -22,7 +22,7 @@ import pytest
 from anonstream.demo import AstronautClip
 from anonstream.stream.transport import FrameSender
 from anonstream.stream.wire import EndOfStream, Flag
-from tests.conftest import decode_video, free_port, raw_frame, run_cli, start_cli
+from tests.conftest import ErrorOutput, decode_video, free_port, raw_frame, run_cli, start_cli
 
 ROLES = ("capture", "worker", "record")
 
@@ -136,6 +136,7 @@ def test_senders_without_an_allowed_key_get_nothing_written_and_are_counted(tmp_
     record = start_cli(
         "record", "--bind", rec, "--record", str(out), "--expect", "cam", *keys.args("record", allow=("worker",))
     )
+    errors = ErrorOutput(record)
     frame = raw_frame("cam", 0, np.full((64, 64, 3), 200, np.uint8), Flag.ANONYMIZED)
     try:
         wait_listening(rec)
@@ -147,14 +148,14 @@ def test_senders_without_an_allowed_key_get_nothing_written_and_are_counted(tmp_
         with network_for(intruder) as network, network.sender(linger_ms=0).connect(rec) as sender:
             sender.send(frame, block=False)
             sender.send(EndOfStream("cam", frames=1), block=False)
-            time.sleep(2)
+            errors.wait_for("refused a client with a key not in security.allow")
         with FrameSender(linger_ms=0).connect(rec) as plain:
             plain.send(frame, block=False)
             plain.send(EndOfStream("cam", frames=1), block=False)
-            time.sleep(2)
+            errors.wait_for("failed the encrypted handshake")
     finally:
         record.send_signal(signal.SIGINT)
-        _, stderr = record.communicate(timeout=60)
+        _, stderr = errors.communicate(timeout=60)
     assert not out.exists() or not any(out.iterdir()), "a frame from an unknown sender was written"
     assert "refused a client with a key not in security.allow" in stderr, stderr
     assert "failed the encrypted handshake" in stderr, stderr
@@ -225,7 +226,9 @@ def test_a_worker_on_a_slow_host_gets_fewer_frames(tmp_path: Path) -> None:
         )
         for n in ("1", "2")
     ]
-    time.sleep(5)  # both have loaded their model
+    outputs = [ErrorOutput(worker) for worker in workers]
+    for output in outputs:
+        output.wait_for("ready")  # both have loaded their model
     slow = SlowHost(workers[1].pid)
     try:
         result = run_cli("capture", "--source", str(clip), "--bind", cap)
@@ -237,7 +240,9 @@ def test_a_worker_on_a_slow_host_gets_fewer_frames(tmp_path: Path) -> None:
         for process in (record, *workers):
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
-            process.communicate(timeout=60)
+        record.communicate(timeout=60)
+        for output in outputs:
+            output.communicate(timeout=60)
     taken = re.search(r"taken by worker: 1: (\d+), 2: (\d+)", result.stderr)
     assert taken, result.stderr
     fast_share, slow_share = (int(n) / 241 for n in taken.groups())  # 240 frames and the end of stream

@@ -14,6 +14,7 @@ import sys
 import tomllib
 import urllib.request
 import venv
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,20 +55,41 @@ PLATFORMS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "platforms", "python", "extra"), PLATFORMS, ids=[f"{p[1][0]}-{p[2]}-{p[3]}" for p in PLATFORMS]
-)
-def test_the_install_resolves_for_each_platform(
-    name: str, platforms: list[str], python: str, extra: str, tmp_path: Path
-) -> None:
-    if not _registry_reachable():
-        pytest.skip(f"the package registry ({REGISTRY}) cannot be reached from here")
-    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--target", os.fspath(tmp_path), "--quiet"]
+def _resolve(platforms: list[str], python: str, extra: str, target: Path) -> subprocess.Popen[str]:
+    """pip's resolver on anonstream[extra] for another platform (a dry run, wheels only), started."""
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--target", os.fspath(target), "--quiet"]
     command += ["--disable-pip-version-check", "--only-binary=:all:", "--python-version", python]
     command += ["--implementation", "cp", *(f"--platform={tag}" for tag in platforms), *_requirements(extra)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    errors = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("WARNING: Location"))
-    assert result.returncode == 0, f"anonstream[{extra}] does not resolve on {name}, Python {python}:\n{errors}"
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def resolutions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """Every platform's resolution, started at once: each waits on the registry, not on the others."""
+    if not _registry_reachable():
+        pytest.skip(f"the package registry ({REGISTRY}) cannot be reached from here")
+    started = {
+        _platform_id(platform): _resolve(*platform[1:], tmp_path_factory.mktemp("target")) for platform in PLATFORMS
+    }
+    yield started
+    for process in started.values():
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def _platform_id(platform: tuple[str, list[str], str, str]) -> str:
+    return f"{platform[1][0]}-{platform[2]}-{platform[3]}"
+
+
+@pytest.mark.parametrize(("name", "platforms", "python", "extra"), PLATFORMS, ids=[_platform_id(p) for p in PLATFORMS])
+def test_the_install_resolves_for_each_platform(
+    name: str, platforms: list[str], python: str, extra: str, resolutions: dict[str, subprocess.Popen[str]]
+) -> None:
+    resolution = resolutions[_platform_id((name, platforms, python, extra))]
+    _, stderr = resolution.communicate(timeout=600)
+    errors = "\n".join(line for line in stderr.splitlines() if not line.startswith("WARNING: Location"))
+    assert resolution.returncode == 0, f"anonstream[{extra}] does not resolve on {name}, Python {python}:\n{errors}"
     runtimes = [r for r in _requirements(extra) if re.match(r"onnxruntime", r)]
     assert len(runtimes) == 1, runtimes  # one ONNX Runtime build asked for, never both
 

@@ -225,13 +225,8 @@ def test_signal_mid_run_leaves_a_playable_file_and_no_process(tmp_path: Path, si
     process = start_cli(
         "run", "--source", str(long_clip), "--record", str(out), "--realtime", "--workers", "2", start_new_session=True
     )
-    deadline = time.monotonic() + 60
-    children: set[int] = set()
-    while time.monotonic() < deadline and not (out / "long.mp4").exists():
-        children |= _children(process.pid)
-        time.sleep(0.2)
-    time.sleep(2.0)
-    children |= _children(process.pid)
+    wait_for(lambda: playable_frames(out / "long.mp4") > 10, "a recording under way")
+    children = _children(process.pid)
     titles = _titles(children)
     assert any("anonstream: worker 1" in t for t in titles), titles
     assert any("anonstream: capture long" in t for t in titles), titles
@@ -320,10 +315,7 @@ def test_killed_recorder_leaves_a_playable_masked_file_and_no_process(tmp_path: 
     source = clip.write(tmp_path / "long.mp4")
     out = tmp_path / "out"
     process = start_cli("run", "--source", str(source), "--record", str(out), "--workers", "2")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (out / "long.mp4").exists():
-        time.sleep(0.2)
-    time.sleep(1.5)
+    wait_for(lambda: playable_frames(out / "long.mp4") > 10, "a recording under way")
     children = _children(process.pid)
     recorders = _stage_pids(process.pid, "record")
     assert len(recorders) == 1
@@ -592,6 +584,7 @@ def test_record_process_caps_the_streams_a_stray_sender_can_open() -> None:
 
     port = free_port()
     record = start_cli("record", "--bind", f"tcp://127.0.0.1:{port}", "--record-format", "null", "--insecure-plaintext")
+    errors = ErrorOutput(record)
     pixels = np.zeros((8, 8, 3), np.uint8)
     extra = 20
     with FrameSender().connect(f"tcp://127.0.0.1:{port}") as sender:
@@ -599,11 +592,12 @@ def test_record_process_caps_the_streams_a_stray_sender_can_open() -> None:
         for n in range(MAX_STREAMS + extra):
             header = FrameHeader(f"s{n}", 1, 1, 1, (1, 30), (30, 1), pixels.shape, "uint8", "bgr", Flag.ANONYMIZED)
             sender.send(FrameMessage(header, pixels))
-        time.sleep(3)
+        sender.socket.send(b"the last message")  # malformed, said in the log: everything before it has arrived
+        errors.wait_for("rejected malformed message #1")
     record.send_signal(signal.SIGINT)
-    stdout, stderr = record.communicate(timeout=60)
+    stdout, stderr = errors.communicate(timeout=60)
     assert record.returncode == 0, stderr
-    assert f"{extra} rejected" in stdout, stdout[-500:]
+    assert f"{extra + 1} rejected" in stdout, stdout[-500:]
 
 
 def test_without_a_terminal_each_stream_logs_status_lines(tmp_path: Path) -> None:
@@ -661,12 +655,10 @@ def test_a_camera_never_reached_says_so_and_fails(tmp_path: Path) -> None:
     """Not a table of zeros: the summary says the stream never connected, and the exit status is not 0."""
     url = f"rtsp://viewer:secret@127.0.0.1:{free_port()}/front"
     process = start_cli("run", url, "--record", str(tmp_path / "out"), "--detect", "faces")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not _stage_pids(process.pid, "capture"):
-        time.sleep(0.2)
-    time.sleep(2)
+    errors = ErrorOutput(process)
+    errors.wait_for("reconnecting in")  # it tried, and goes on trying
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, stderr = errors.communicate(timeout=60)
     assert process.returncode == 1, stderr
     assert "never connected" in stdout and "end to end" not in stdout
     assert "never connected to rtsp://***@127.0.0.1" in stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from anonstream.config import MaskConfig
 from anonstream.demo import AstronautClip, astronaut_bgr
 from anonstream.stream.masking import Masking
 from anonstream.stream.transport import FrameReceiver, FrameSender
-from anonstream.stream.wire import Dropped, EndOfStream, Flag
+from anonstream.stream.wire import Dropped, EndOfStream, Flag, Message
 from anonstream.workers.detectors import Frame
 from anonstream.workers.worker import Backlog, FrameAnonymizer, Taken
 from tests.conftest import MARK, face_detector, marked_model, raw_frame, run_cli
@@ -61,6 +62,28 @@ def _seqs(taken: Taken) -> list[tuple[str, int]]:
     return [(m.header.stream, m.header.seq) for m in taken.frames]
 
 
+class Arrived:
+    """A worker's inbox over a real socket, as it is after a busy spell: what was sent has all arrived.
+
+    ``expect(n)`` waits until n more messages have come over the socket; the Backlog then finds them
+    waiting at once, as a worker does that was busy with a batch while they arrived.
+    """
+
+    def __init__(self, receiver: FrameReceiver) -> None:
+        self._receiver = receiver
+        self._arrived: deque[Message] = deque()
+
+    def expect(self, count: int, timeout_s: float = 30) -> None:
+        target, deadline = len(self._arrived) + count, time.monotonic() + timeout_s
+        while len(self._arrived) < target:
+            assert time.monotonic() < deadline, f"{target - len(self._arrived)} message(s) did not arrive"
+            if (message := self._receiver.receive(100)) is not None:
+                self._arrived.append(message)
+
+    def receive(self, timeout_ms: int = 0) -> Message | None:
+        return self._arrived.popleft() if self._arrived else None
+
+
 def test_a_batch_fills_up_to_its_size_and_closes_at_end_of_stream(tmp_path: Path) -> None:
     endpoint = f"ipc://{tmp_path}/frames"
     pixels = np.zeros((4, 6, 3), np.uint8)
@@ -83,14 +106,15 @@ def test_a_worker_behind_drops_the_oldest_live_frames_and_never_a_lossless_one(t
     endpoint = f"ipc://{tmp_path}/frames"
     pixels = np.zeros((4, 6, 3), np.uint8)
     with FrameReceiver(hwm=64).bind(endpoint) as receiver, FrameSender(hwm=64).connect(endpoint) as sender:
-        backlog = Backlog(receiver, size=2, wait_s=0.0, live_depth=depth)
+        inbox = Arrived(receiver)
+        backlog = Backlog(inbox, size=2, wait_s=0.0, live_depth=depth)
         for seq in range(10):
             assert sender.send(raw_frame("cam", seq, pixels, Flag.LIVE))
         for seq in range(10):
             assert sender.send(raw_frame("file", seq, pixels))
             assert sender.send(raw_frame("cam2", seq, pixels, Flag.LIVE))  # behind the file's frames: waits
         assert sender.send(EndOfStream("cam", 10))
-        time.sleep(0.5)  # the burst reaches the worker's socket while it is "busy"
+        inbox.expect(31)  # the burst reaches the worker's socket while it is "busy"
         taken: list[tuple[str, int]] = []
         dropped: list[Dropped] = []
         while (batch := backlog.take()).frames or batch.end:
@@ -115,10 +139,11 @@ def test_the_first_frame_after_an_outage_passes_its_mark_on_when_dropped(tmp_pat
     endpoint = f"ipc://{tmp_path}/frames"
     pixels = np.zeros((4, 6, 3), np.uint8)
     with FrameReceiver(hwm=64).bind(endpoint) as receiver, FrameSender(hwm=64).connect(endpoint) as sender:
-        backlog = Backlog(receiver, size=1, wait_s=0.0, live_depth=1)
+        inbox = Arrived(receiver)
+        backlog = Backlog(inbox, size=1, wait_s=0.0, live_depth=1)
         assert sender.send(raw_frame("cam", 0, pixels, Flag.LIVE | Flag.RESUMED))
         assert sender.send(raw_frame("cam", 1, pixels, Flag.LIVE))
-        time.sleep(0.3)
+        inbox.expect(2)
         taken = backlog.take()
         assert [d.seq for d in taken.dropped] == [0]
         assert _seqs(taken) == [("cam", 1)] and taken.frames[0].header.flags & Flag.RESUMED
@@ -133,12 +158,13 @@ def test_live_streams_take_turns_when_a_worker_is_behind(tmp_path: Path) -> None
     endpoint = f"ipc://{tmp_path}/frames"
     pixels = np.zeros((4, 6, 3), np.uint8)
     with FrameReceiver(hwm=64).bind(endpoint) as receiver, FrameSender(hwm=64).connect(endpoint) as sender:
-        backlog = Backlog(receiver, size=1, wait_s=0.0, live_depth=1)
+        inbox = Arrived(receiver)
+        backlog = Backlog(inbox, size=1, wait_s=0.0, live_depth=1)
         served: list[str] = []
         for turn in range(9):
             for camera in ("a", "b", "c"):
                 assert sender.send(raw_frame(camera, turn, pixels, Flag.LIVE))
-            time.sleep(0.2)  # they reach the worker's socket while it is busy with the previous frame
+            inbox.expect(3)  # they reach the worker's socket while it is busy with the previous frame
             served += [m.header.stream for m in backlog.take().frames]
         assert sorted(served.count(camera) for camera in "abc") == [3, 3, 3], served
 
