@@ -238,11 +238,14 @@ class StreamMetrics:
     masks: Counter[str] = field(default_factory=Counter)
     outages: int = 0
     down_s: float = 0.0
-    dropped: int = 0  # by the capture, as far as the frames tell
+    dropped: int = 0  # by the capture in its current session, as far as the frames tell
     dropped_by: Counter[str] = field(default_factory=Counter)  # by later stages, from drop notices
     end: EndOfStream | None = None
-    total: int | None = None  # frames the capture sent, from its end of stream or the ledger
-    highest_seq: int = -1
+    total: int | None = None  # frames the capture sent in its last session, from its end of stream or the ledger
+    highest_seq: int = -1  # of the current session
+    session: int | None = None  # the capture's session (epoch) that highest_seq and dropped count in
+    earlier_sent: int = 0  # frames of the sessions before it (a restarted capture counts from 0 again)
+    earlier_dropped: int = 0
     last_pts: int | None = None
     recent: LatencyHistogram = field(default_factory=LatencyHistogram)  # end to end since the last status line
     live: bool = False
@@ -255,17 +258,34 @@ class StreamMetrics:
         self.end = end
         self.total = end.frames if end is not None else frames
 
+    @property
+    def capture_dropped(self) -> int:
+        return self.earlier_dropped + (self.end.dropped if self.end else self.dropped)
+
+    def _in_session(self, epoch: int, seq: int) -> None:
+        """Count a frame's seq in its capture session; a new session (the capture restarted) banks the last one's
+        counts, as far as they are known: its frames up to the highest seq seen, and its drops."""
+        if self.session is not None and epoch != self.session:
+            self.earlier_sent += self.highest_seq + 1
+            self.earlier_dropped += self.dropped
+            self.highest_seq, self.dropped = -1, 0
+        self.session = epoch
+        self.highest_seq = max(self.highest_seq, seq)
+
     def lose(self, gap: Lost) -> None:
         self.lost += gap.count
+        self.highest_seq = max(self.highest_seq, gap.first_seq + gap.count - 1)  # released in its session's turn
         if len(self.lost_runs) < MAX_LOST_RUNS:
             self.lost_runs.append((gap.first_seq, gap.count))
 
-    def worker_dropped(self, now: float) -> None:
+    def worker_dropped(self, drop: Dropped, now: float) -> None:
+        self._in_session(drop.epoch, drop.seq)
         self.dropped_by["worker"] += 1
         self.window.drop(now)
 
     def frame(self, header: FrameHeader, held: Detections, now: float) -> None:
         """A frame recorded at ``now`` (monotonic s)."""
+        self._in_session(header.epoch, header.seq)
         stamps = header.stamps
         for label, _, start, stop in INTERVALS:
             if stamps[start] and stamps[stop]:
@@ -289,7 +309,6 @@ class StreamMetrics:
         self.masks.update(box[5] for box in header.boxes)
         self.masks.update(held.counts())
         self.dropped = max(self.dropped, header.dropped)
-        self.highest_seq = max(self.highest_seq, header.seq)
         if header.flags & Flag.FULL_MASK:
             self.full_masked += 1
 
@@ -299,8 +318,8 @@ class StreamMetrics:
         return StreamLive(self.live, self.finished, self.last_frame_at, fps, dropped, p99, latency)
 
     def summary(self) -> StreamSummary:
-        sent = self.total if self.total is not None else self.highest_seq + 1
-        by = {"capture": self.end.dropped if self.end else self.dropped, "worker": self.dropped_by["worker"]}
+        sent = self.earlier_sent + (self.total if self.total is not None else self.highest_seq + 1)
+        by = {"capture": self.capture_dropped, "worker": self.dropped_by["worker"]}
         latency = {label: h.percentiles() for label, h in self.latency.items() if h.count}
         wall = (self.last_recorded_ns - self.first_captured_ns) / 1e9
         fps = self.frames_out / wall if self.frames_out and self.first_captured_ns and wall > 0 else 0.0
@@ -345,7 +364,7 @@ class StatusLines:
         elapsed, self._last = now - self._last, now
         out = []
         for name, m in metrics.items():
-            dropped = m.dropped + sum(m.dropped_by.values())
+            dropped = m.capture_dropped + sum(m.dropped_by.values())
             frames0, dropped0, lost0 = self._counts.get(name, (0, 0, 0))
             self._counts[name] = (m.frames_out, dropped, m.lost)
             p99 = f"{m.recent.percentiles()[2]:.0f} ms" if m.recent.count else "-"

@@ -108,7 +108,7 @@ class RecordStage:
                     if recorded is not None:
                         previews.show(recorded)
                 elif isinstance(event, Dropped):
-                    stats(event.stream).worker_dropped(time.monotonic())
+                    stats(event.stream).worker_dropped(event, time.monotonic())
                     frame_log.dropped(event)
                 elif isinstance(event, Lost):
                     stats(event.stream).lose(event)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import decode_video, frame_log, free_port, run_cli, start_cli, wait_for
+from tests.conftest import accounted, decode_video, frame_log, free_port, run_cli, start_cli, wait_for
 
 SERVER = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # GStreamer's Python bindings come from Debian, not from pip
@@ -143,6 +143,8 @@ def test_a_capture_killed_mid_stream_is_restarted_into_a_new_session_and_file(tm
     assert stream["lost"] == stream["refused"] == 0
     written = sum(len(decode_video(out / name)[0]) for name in (f"{stem}.mp4", f"{stem}-1.mp4"))
     assert written == stream["frames_out"] == len(records)
+    counts = accounted(lines)  # both sessions' frames in, as many as were recorded, dropped or lost
+    assert stream["frames_in"] == sum(counts.values()) == stream["frames_out"] + stream["dropped"], (stream, counts)
 
 
 def test_a_camera_password_appears_nowhere_a_run_writes_or_shows(tmp_path: Path) -> None:
