@@ -276,7 +276,7 @@ class Pipeline:
                     ledger.worker_died()  # before the restart: the record process may now count its frames lost
                     workers[index] = self._restart(worker)
             if not stopping_captures:
-                self._watch_captures(captures)
+                self._watch_captures(captures, ledger)
             uncounted = any(ledger.sent_total(slot) is None for slot in range(len(captures)))
             if drain_deadline is None and (live or uncounted) and not any(c.process.is_alive() for c in captures):
                 drain_deadline = time.monotonic() + cfg.record.drain_timeout_s
@@ -290,7 +290,7 @@ class Pipeline:
                 on_progress(ledger.done[:])
             time.sleep(TICK_S)
 
-    def _watch_captures(self, captures: list[_Running]) -> None:
+    def _watch_captures(self, captures: list[_Running], ledger: Ledger) -> None:
         """A capture that crashed or was killed: a live source's is restarted, a file's is reported at once."""
         for index, capture in enumerate(captures):
             capture.poll()
@@ -302,6 +302,7 @@ class Pipeline:
             reason = capture.failure.message if capture.failure else f"exit status {capture.process.exitcode}"
             if lossless(capture.stage.spec.uri, self.settings.capture):
                 self._reported.append(capture)
+                ledger.holding(index, -1)  # what it held will not be sent again: the record side may count it lost
                 log.error("%s died (%s): the rest of its file is not read", capture.stage.title, reason)
                 continue
             limits = self.settings.capture.max_restarts, self.settings.capture.restart_window_s

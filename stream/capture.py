@@ -13,6 +13,7 @@ instead of frames piling up behind it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
@@ -76,12 +77,20 @@ class CaptureStage:
         return f"capture {self.stream_id}"
 
     def serve(self, stop: threading.Event, channel: Channel) -> None:
+        try:
+            self._serve(stop, channel)
+        finally:
+            if self.ledger is not None:
+                self.ledger.holding(self.slot, -1)  # nothing it held will be sent again now
+
+    def _serve(self, stop: threading.Event, channel: Channel) -> None:
         cfg = self.settings
         linger_ms = round(cfg.capture.linger_s * 1000)
+        on_held = functools.partial(self.ledger.holding, self.slot) if self.ledger is not None else None
         with (
             network_for(cfg.security) as network,
             open_source(self.spec, self.stream_id, cfg.capture, stop) as source,
-            Dispatcher(linger_ms, cfg.transport.worker_timeout_s, network).bind(self.endpoint) as sender,
+            Dispatcher(linger_ms, cfg.transport.worker_timeout_s, network, on_held).bind(self.endpoint) as sender,
         ):
             info = source.info
             flags = source_flags(info, cfg)

@@ -25,6 +25,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -90,7 +91,9 @@ class Dispatcher(Socket):
         linger_ms: int = DEFAULT_LINGER_MS,
         worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
         network: Network | None = None,
+        on_held: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_held(seq)``: told the lowest seq it still holds whenever that changes (-1: none)."""
         super().__init__(zmq.ROUTER, MAX_CREDIT, linger_ms, network)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a worker that is gone fails, not vanishes
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES)  # workers send small notices only
@@ -101,6 +104,7 @@ class Dispatcher(Socket):
         self.rejected = self.resent = self.given_up = 0
         self.taken: Counter[int] = Counter()  # worker number -> frames and ends it was sent
         self._alone_since: float | None = None  # since when it has known no worker (None: it knows one)
+        self._on_held, self._held_told = on_held, -1
 
     @property
     def in_flight(self) -> int:
@@ -110,6 +114,17 @@ class Dispatcher(Socket):
     @property
     def workers(self) -> int:
         return len(self._workers)
+
+    @property
+    def oldest_held(self) -> int:
+        """The lowest seq of what it holds to send again if need be (a file's frames, ends of stream); -1: none."""
+        held = [seq for w in self._workers.values() for (_, _, seq), kept in w.held.items() if kept is not None]
+        return min(held + [work_key(m)[2] for m in self._again], default=-1)
+
+    def _tell_held(self) -> None:
+        if self._on_held is not None and (oldest := self.oldest_held) != self._held_told:
+            self._held_told = oldest
+            self._on_held(oldest)
 
     def wait_for_workers(self, stop: threading.Event) -> bool:
         """Block until a worker has asked for frames (False if stopped first)."""
@@ -158,6 +173,7 @@ class Dispatcher(Socket):
             if now - worker.heard > self.worker_timeout_s:
                 self._give_up(identity, f"unheard for {now - worker.heard:.1f} s")
         self._alone_since = None if self._workers else self._alone_since or now
+        self._tell_held()
 
     def _alone_for(self, seconds: float) -> bool:
         """Whether it has known no worker for longer than ``seconds``."""
@@ -221,6 +237,7 @@ class Dispatcher(Socket):
         worker.held[work_key(message)] = keep
         self.taken[worker.number] += 1
         worker.last_sent = time.monotonic()
+        self._tell_held()
         return True
 
     def _send_again(self) -> None:

@@ -1,7 +1,7 @@
-"""What one host's stages share outside the wire: per stream, frames sent and frames done.
+"""What one host's stages share outside the wire: per stream, frames sent, held and done.
 
 ``anonstream run`` puts every stage on one host, so the captures and the
-record process share two small counters per stream in shared memory:
+record process share three small counters per stream in shared memory:
 
 - ``done``: frames the sequencer is past (recorded, dropped or lost). The
   progress display reads it, and a capture of a file or folder keeps its
@@ -11,6 +11,11 @@ record process share two small counters per stream in shared memory:
 - ``sent``: how many frames a capture sent in all, once it has ended (-1
   before), so that a stream whose end-of-stream went down with a worker
   still ends.
+- ``held``: the lowest seq of a file's frame that its capture still holds
+  (sent to a worker that has not passed it on, or waiting to go to another
+  after that worker died; -1: none). Such a frame is not lost, however long
+  it takes on a loaded machine: the capture delivers it. Only a frame the
+  capture no longer holds can have gone down with a worker.
 
 and one for the run: ``died``, when a worker last died (time.monotonic; 0:
 none yet), written by the orchestrator's watchdog: only then can a frame of
@@ -39,11 +44,21 @@ WAIT_S = 0.005  # how often a capture whose window is full looks again
 class Ledger:
     done: SynchronizedArray[int]
     sent: SynchronizedArray[int]
+    held: SynchronizedArray[int]
     died: Synchronized[float]
 
     @classmethod
     def create(cls, context: BaseContext, streams: int) -> Ledger:
-        return cls(context.Array("q", streams), context.Array("q", [-1] * streams), context.Value("d", 0.0))
+        counters = (context.Array("q", streams), context.Array("q", [-1] * streams), context.Array("q", [-1] * streams))
+        return cls(*counters, context.Value("d", 0.0))
+
+    def holding(self, slot: int, seq: int) -> None:
+        """The capture of ``slot`` still holds its frames from ``seq`` on (-1: none)."""
+        self.held[slot] = seq
+
+    def held_from(self, slot: int) -> int | None:
+        value = int(self.held[slot])
+        return None if value < 0 else value
 
     def worker_died(self) -> None:
         self.died.value = time.monotonic()

@@ -195,12 +195,14 @@ class RecordStage:
         return message
 
     def _ledger_ended(self, sequencer: Sequencer, now: float) -> list[Released]:
-        """What the ledger says: a worker died; streams whose capture has ended, and how many frames it sent."""
+        """What the ledger says: a worker died; what each capture still holds; streams whose capture has ended,
+        and how many frames it sent."""
         events: list[Released] = []
         if self.ledger is not None:
             if (died := self.ledger.last_death) is not None:
                 sequencer.worker_died(died)
             for slot, stream in enumerate(self.expect):
+                sequencer.capture_holds(stream, self.ledger.held_from(slot))
                 if (sent := self.ledger.sent_total(slot)) is not None:
                     events += sequencer.capture_ended(stream, sent, now)
         return events

@@ -8,7 +8,9 @@ depends on the stream:
 - live (Flag.LIVE): once it has been missing ``loss_timeout_s``, so that
   latency stays bounded;
 - lossless (files and folders): never because it is slow, or still on its
-  way. Only a worker that dies takes frames with it, so a missing frame is
+  way. A frame its capture still holds (``capture_holds``: under ``run``,
+  the ledger says so) is on its way, or will be sent again: never lost. Only
+  a worker that dies takes frames with it, so a missing frame is
   lost only after a worker died (``worker_died``), and once every one of the
   ``workers`` has said it held nothing (``Idle``) at least ``IDLE_GRACE_S``
   after both that death and the moment the stream began to wait; after a
@@ -108,6 +110,7 @@ class Sequencer:
         self.workers = workers
         self._idle: dict[int, float] = {}  # worker number -> latest moment it held nothing (seconds)
         self._died: float | None = None  # when a worker last died
+        self._held: dict[str, int | None] = {}  # stream -> the lowest seq its capture still holds (None: none)
         self._streams: dict[str, _StreamState] = {}
 
     def _state(self, stream: str) -> _StreamState:
@@ -176,6 +179,10 @@ class Sequencer:
         state.end, state.sent, state.finished, state.stalled_since = None, None, False, None
         return out
 
+    def capture_holds(self, stream: str, seq: int | None) -> None:
+        """The stream's capture still holds its frames from ``seq`` on, to deliver or send again (None: none)."""
+        self._held[stream] = seq
+
     def worker_died(self, at: float) -> None:
         """A worker died at ``at``: frames of files it held can now be found lost."""
         if self._died is None or at > self._died:
@@ -215,6 +222,8 @@ class Sequencer:
         assert state.stalled_since is not None
         if state.live or not self.workers:
             return now - state.stalled_since >= self.loss_timeout_s
+        if (held := self._held.get(state.name)) is not None and held <= state.next_seq:
+            return False  # its capture will deliver it, however long that takes
         if self._died is None:  # slow, or on its way: no worker died that could have taken it
             since = state.stalled_since + self.idle_timeout_s
         else:

@@ -150,6 +150,21 @@ def test_after_a_death_a_missing_frame_is_lost_once_every_worker_was_idle_well_a
     assert seqs(s.push(idle(1, 7.2), 7.2)) == [("lost", 1, 1), 2]
 
 
+def test_a_frame_its_capture_still_holds_is_never_lost_however_long_it_takes() -> None:
+    """A worker died, and every worker said it was idle well after: but the capture still holds frame 1 (on a
+    loaded machine, the one it sends again after the death may take seconds to arrive). Lost only once the
+    capture no longer holds it (another worker passed it on, and it never came)."""
+    s = Sequencer(loss_timeout_s=1.0, max_pending=10, workers=2)
+    s.push(frame(0), 0.0)
+    s.push(frame(2), 1.0)
+    s.worker_died(2.0)
+    s.capture_holds("s", 1)
+    assert seqs(s.push(idle(1, 10.0), 10.0) + s.push(idle(2, 10.0), 10.0)) == []
+    assert seqs(s.poll(100.0)) == []
+    s.capture_holds("s", None)
+    assert seqs(s.push(idle(1, 101.0), 101.0) + s.push(idle(2, 101.0), 101.0)) == [("lost", 1, 1), 2]
+
+
 def test_a_live_stream_keeps_the_timeout_when_the_workers_are_known() -> None:
     s = Sequencer(loss_timeout_s=1.0, max_pending=10, workers=2)
     s.push(frame(0, flags=Flag.LIVE), 0.0)
